@@ -1,0 +1,23 @@
+# make run / make test / make clean. The first two create .venv and install requirements.txt.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test clean
+
+# Rebuilt whenever requirements.txt changes; the stamp marks a finished install.
+$(VENV)/installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+run: $(VENV)/installed
+	$(PY) minitorch_loop.py
+
+# pytest exits with 5 when it collects no test; make stops on any non-zero exit, 5 included.
+test: $(VENV)/installed
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis .ruff_cache __pycache__
