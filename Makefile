@@ -14,10 +14,11 @@ $(VENV)/installed: requirements.txt
 run: $(VENV)/installed
 	$(PY) minitorch_loop.py
 
-# pytest exits with 5 when it collects no test; make stops on any non-zero exit, 5 included.
+# -W error: a warning fails the suite. pytest exits with 5 when it collects no test, and make
+# stops on any non-zero exit, 5 included.
 test: $(VENV)/installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs -W error
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis .ruff_cache __pycache__

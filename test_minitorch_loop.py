@@ -1,63 +1,126 @@
-"""Tests for minitorch_loop: each one states a rule of the notes and checks it against an
-independent computation (by hand, in float64), never against the code under test.
+"""The rules of the notes as executable lessons, in the notes' order (一 to 六).
+
+Each test states one rule in its name and docstring, and checks it against an independent
+computation (by hand, in float64 NumPy), never against the code under test.
 
     make test        # or: .venv/bin/python -m pytest -q
+    HYPOTHESIS_PROFILE=dev .venv/bin/python -m pytest -q     # more, random examples
 """
 
 import csv
 import json
+import os
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from torch import nn
+from torch.func import functional_call
+from torch.utils.data import DataLoader
 
 import minitorch_loop as ml  # not `from ... import test`: pytest would collect it as a test
 
+# CI runs a fixed, derandomized set of examples, so it never flakes; `dev` explores more.
+settings.register_profile("ci", deadline=None, max_examples=20, derandomize=True)
+settings.register_profile("dev", deadline=None, max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 DATA = Path(__file__).parent / "data"
-FLOAT32_TOL = 1e-5  # float32 arithmetic against a float64 reference
+FLOAT32_TOL = 1e-5  # float32 arithmetic against a float64 reference (absolute)
+FLOAT32_RTOL = 1e-4  # ... and relative, for values that can grow with the inputs
+
+# --- strategies, declared once ---
+rows = st.integers(2, 60)  # a training file needs two rows for a standard deviation
+batch_sizes = st.integers(1, 70)
+n_features = st.integers(1, 8)
+seeds = st.integers(0, 2**16)
+learning_rates = st.floats(1e-3, 2.0)
+finite_floats = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+shapes = hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=4)
+float_arrays = hnp.arrays(np.float32, shapes, elements=finite_floats)
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="no CUDA device on this machine")),
+    pytest.param("mps", marks=pytest.mark.skipif(not torch.backends.mps.is_available(),
+                                                 reason="no MPS device on this machine")),
+]
 
 
-# --- helpers: small CSVs written the way users' files look ---
+# --- helpers: users' files, and the model computed by hand ---
+
+@pytest.fixture(scope="session")
+def scratch(tmp_path_factory):
+    """A directory for the CSVs that property tests write (one example at a time)."""
+    return tmp_path_factory.mktemp("csv")
+
 
 def write_csv(path, x, y=None):
     """A CSV with a header row; the target column `y` last, when given."""
     names = [f"f{j}" for j in range(x.shape[1])] + ([] if y is None else ["y"])
-    rows = x if y is None else np.column_stack([x, y])
+    table = x if y is None else np.column_stack([x, y])
     with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([names, *rows.tolist()])
+        csv.writer(f).writerows([names, *table.tolist()])
     return path
 
 
-def raw_regression(n, n_features, seed):
-    """Raw, unscaled features (values in the thousands), targets in [0, 1] from them."""
+def regression(n, n_features, seed, scale=1.0):
+    """Features (times `scale`, around 2 * scale) and targets in [0, 1] that depend on them."""
     rng = np.random.default_rng(seed)
-    x = 1000 + 500 * rng.standard_normal((n, n_features))
-    z = (x - 1000) / 500
-    y = 1 / (1 + np.exp(-(z[:, 0] - np.abs(z[:, 1]) + 0.5)))
-    return x, y
+    z = rng.standard_normal((n, n_features))
+    y = 1 / (1 + np.exp(-(z[:, 0] - np.abs(z[:, -1]) + 0.5)))
+    return scale * (2 + z), y
 
 
-def by_hand(model, x):
-    """The MLP's forward pass in float64 NumPy from its weights: Wx + b, ReLU, Wx + b, sigmoid."""
-    (w1, b1), (w2, b2) = [(p.weight.detach().double().numpy(), p.bias.detach().double().numpy())
-                          for p in (model.net[0], model.net[2])]
-    h = np.maximum(x @ w1.T + b1, 0)
-    return 1 / (1 + np.exp(-(h @ w2.T + b2)))
+def indexed_dataset(scratch, n, n_features=2):
+    """n rows whose feature 0 is the row number and whose target is row / n; no scaling."""
+    x = np.column_stack([np.arange(n)] + [np.ones(n)] * (n_features - 1))
+    path = write_csv(scratch / "indexed.csv", x, np.arange(n) / n)
+    return ml.CsvDataset(path, stats=(torch.zeros(n_features), torch.ones(n_features)))
 
 
-def standardised(x, rows):
-    """Features standardised with the mean and (n-1) std of the given rows, in float64."""
-    fit = x[rows]
+def standardised(x, fit_rows=slice(None)):
+    """Features standardised with the mean and (n - 1) std of `fit_rows`, in float64."""
+    fit = x[fit_rows]
     return (x - fit.mean(0)) / fit.std(0, ddof=1)
 
 
-# --- Step 1: Dataset and DataLoader ---
+def weights(model):
+    """The MLP's parameters as float64 arrays: W1 (H, F), b1 (H,), W2 (1, H), b2 (1,)."""
+    return [p.detach().double().cpu().numpy() for p in model.parameters()]
+
+
+def forward_by_hand(w, x):
+    """Linear -> ReLU -> Linear -> Sigmoid in float64: (pre-activations, hidden, output)."""
+    w1, b1, w2, b2 = w
+    pre = x @ w1.T + b1  # W x + b for every row: (N, H)
+    hidden = np.maximum(pre, 0)
+    return pre, hidden, 1 / (1 + np.exp(-(hidden @ w2.T + b2)))  # (N, 1)
+
+
+def mse_grads_by_hand(w, x, y):
+    """d mean((p - y)^2) / d(W1, b1, W2, b2), by the chain rule."""
+    pre, hidden, p = forward_by_hand(w, x)
+    g_logit = 2 * (p - y) / len(x) * p * (1 - p)  # through MSE and the sigmoid: (N, 1)
+    g_pre = (g_logit @ w[2]) * (pre > 0)  # through the second Linear and the ReLU: (N, H)
+    return [g_pre.T @ x, g_pre.sum(0), g_logit.T @ hidden, g_logit.sum(0)]
+
+
+def close(actual, expected):
+    np.testing.assert_allclose(actual, expected, rtol=FLOAT32_RTOL, atol=FLOAT32_TOL)
+
+
+# --- 一 Step 1: Dataset and DataLoader ---
 
 def test_dataset_items_and_batches_have_the_notes_shapes(tmp_path):
     """An item is x (F,) and y (1,); a batch is (B, F) and (B, 1), as is the model's output."""
-    x, y = raw_regression(10, 3, seed=0)
+    x, y = regression(10, 3, seed=0)
     dataset = ml.CsvDataset(write_csv(tmp_path / "d.csv", x, y))
     item_x, item_y = dataset[0]
     assert len(dataset) == 10 and item_x.shape == (3,) and item_y.shape == (1,)
@@ -67,26 +130,425 @@ def test_dataset_items_and_batches_have_the_notes_shapes(tmp_path):
     assert ml.MLP(in_features=3)(batch_x).shape == batch_y.shape, "MSELoss would broadcast"
 
 
-def test_features_are_standardised_with_the_training_rows_only(tmp_path):
-    """Mean and std come from the training split; validation rows are scaled with them."""
-    x, y = raw_regression(50, 4, seed=1)
-    dataset = ml.CsvDataset(write_csv(tmp_path / "d.csv", x, y), valid_ratio=0.3, seed=7)
+@given(n=st.integers(4, 60), n_features=n_features, valid_ratio=st.floats(0, 0.5), seed=seeds)
+def test_features_are_standardised_with_the_training_rows_only(scratch, n, n_features,
+                                                               valid_ratio, seed):
+    """Mean and std come from the training split; every row is scaled with them."""
+    x, y = regression(n, n_features, seed, scale=1000)
+    dataset = ml.CsvDataset(write_csv(scratch / "d.csv", x, y), valid_ratio=valid_ratio,
+                            seed=seed)
     train_rows, valid_rows = dataset.train_rows.tolist(), dataset.valid_rows.tolist()
-    assert len(valid_rows) == 15 and sorted(train_rows + valid_rows) == list(range(50))
-    np.testing.assert_allclose(dataset.x.numpy(), standardised(x, train_rows), atol=FLOAT32_TOL)
-    np.testing.assert_allclose(dataset.y.numpy()[:, 0], y, atol=FLOAT32_TOL)
+    assert len(valid_rows) == round(valid_ratio * n)
+    assert sorted(train_rows + valid_rows) == list(range(n)), "a split, not a resample"
+    close(dataset.x.numpy(), standardised(x, train_rows))
+    close(dataset.y.numpy()[:, 0], y)
 
 
 def test_unlabelled_file_yields_features_only(tmp_path):
     """A test CSV with the training file's F feature columns and no target gives (x,) items."""
-    x, y = raw_regression(20, 3, seed=2)
+    x, y = regression(20, 3, seed=2)
     train = ml.CsvDataset(write_csv(tmp_path / "train.csv", x, y))
     unlabelled = ml.CsvDataset(write_csv(tmp_path / "test.csv", x[:5]), stats=train.stats)
     assert unlabelled.y is None and len(unlabelled[0]) == 1 and unlabelled[0][0].shape == (3,)
     np.testing.assert_allclose(unlabelled.x.numpy(), train.x[:5].numpy())
 
 
-# --- The loops ---
+@given(n=rows, batch_size=batch_sizes, shuffle=st.booleans())
+def test_loader_yields_ceil_n_over_b_batches_and_a_short_last_one(scratch, n, batch_size,
+                                                                  shuffle):
+    """n rows in batches of b: ceil(n/b) batches, the last of n - b(ceil(n/b) - 1) rows."""
+    loader = ml.make_loader(indexed_dataset(scratch, n, 3), batch_size, shuffle)
+    batches = list(loader)
+    k = -(-n // batch_size)  # ceil(n / b) in integers
+    assert len(loader) == k
+    assert [len(x) for x, _ in batches] == [batch_size] * (k - 1) + [n - batch_size * (k - 1)]
+    assert all(x.shape == (len(x), 3) and y.shape == (len(x), 1) for x, y in batches)
+
+
+@given(n=rows, batch_size=batch_sizes, shuffle=st.booleans())
+def test_an_epoch_visits_every_row_exactly_once(scratch, n, batch_size, shuffle):
+    """Shuffled or not, one pass over the loader sees each row once; unshuffled, in order."""
+    seen = [int(i) for x, _ in ml.make_loader(indexed_dataset(scratch, n), batch_size, shuffle)
+            for i in x[:, 0]]
+    assert sorted(seen) == list(range(n))
+    if not shuffle:
+        assert seen == list(range(n)), "the test loader must keep the file's order"
+
+
+def test_shuffling_draws_a_new_order_every_epoch(scratch):
+    """shuffle=True (training) gives a different order each epoch; 50! orders make a tie moot."""
+    loader = ml.make_loader(indexed_dataset(scratch, 50), batch_size=8, shuffle=True)
+    first, second = ([int(i) for x, _ in loader for i in x[:, 0]] for _ in range(2))
+    assert first != second and first != list(range(50))
+
+
+class CountingDataset(ml.CsvDataset):
+    """A CsvDataset that records each __getitem__ call."""
+
+    def __getitem__(self, i):
+        self.calls.append(i)
+        return super().__getitem__(i)
+
+
+@example(n=5, batch_size=5)  # the notes: DataLoader(dataset, batch_size=5) calls getitem 5 times
+@given(n=rows, batch_size=batch_sizes)
+def test_per_item_loader_calls_getitem_once_per_row(scratch, n, batch_size):
+    """The notes' DataLoader calls __getitem__(0) ... __getitem__(n-1), once per row; ours
+    (make_loader) once per batch, with the batch's indices."""
+    x = np.arange(2 * n, dtype=float).reshape(n, 2)
+    dataset = CountingDataset(write_csv(scratch / "count.csv", x, np.zeros(n)),
+                              stats=(torch.zeros(2), torch.ones(2)))
+    dataset.calls = []
+    for _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        pass
+    assert dataset.calls == list(range(n))
+    dataset.calls = []
+    for _ in ml.make_loader(dataset, batch_size, shuffle=False):
+        pass
+    assert len(dataset.calls) == -(-n // batch_size)
+    assert torch.cat(dataset.calls).tolist() == list(range(n))
+
+
+@given(n=rows, batch_size=batch_sizes, n_features=n_features, seed=seeds)
+def test_predictions_have_exactly_the_targets_shape(scratch, n, batch_size, n_features, seed):
+    """test() returns (N, 1), the targets' shape: the loss compares row with row."""
+    x, y = regression(n, n_features, seed)
+    dataset = ml.CsvDataset(write_csv(scratch / "d.csv", x, y))
+    loader = ml.make_loader(dataset, batch_size, shuffle=False)
+    assert ml.test(ml.MLP(n_features), loader, "cpu").shape == dataset.y.shape == (n, 1)
+
+
+# --- 二 Tensors: shape, creation, squeeze / unsqueeze / transpose / cat ---
+
+def test_tensor_creation_as_in_the_notes():
+    """From a nested list, from NumPy (sharing its memory), zeros and ones of a given shape."""
+    x = torch.tensor([[1, -1], [-1, 1]])
+    assert x.shape == (2, 2) and x.tolist() == [[1, -1], [-1, 1]]
+    a = np.array([[1.0, 2.0]])
+    from_numpy = torch.from_numpy(a)
+    a[0, 0] = 5.0
+    assert from_numpy[0, 0] == 5.0, "from_numpy shares memory with the array"
+    assert torch.zeros([2, 2]).shape == (2, 2) and torch.ones([1, 2, 5]).shape == (1, 2, 5)
+
+
+@example(shape=(2, 3), dim=0)  # the notes: squeeze(0) turns [1, 2, 3] into [2, 3]
+@given(shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=4), dim=st.integers(0, 3))
+def test_squeeze_removes_a_size_one_dim(shape, dim):
+    """x.squeeze(d) drops dim d when its size is 1, as np.squeeze does."""
+    dim = min(dim, len(shape))
+    a = np.random.default_rng(0).standard_normal(shape[:dim] + (1,) + shape[dim:])
+    np.testing.assert_array_equal(torch.from_numpy(a).squeeze(dim).numpy(), np.squeeze(a, dim))
+
+
+@example(x=np.zeros((2, 3), np.float32), dim=1)  # the notes: unsqueeze(1): [2, 3] -> [2, 1, 3]
+@given(x=float_arrays, dim=st.integers(0, 4))
+def test_unsqueeze_inserts_a_size_one_dim(x, dim):
+    """x.unsqueeze(d) inserts a dim of size 1 at d, as np.expand_dims does."""
+    dim = min(dim, x.ndim)
+    np.testing.assert_array_equal(torch.from_numpy(x).unsqueeze(dim).numpy(),
+                                  np.expand_dims(x, dim))
+
+
+@example(x=np.zeros((2, 3), np.float32), dims=(0, 1))  # the notes: [2, 3] -> [3, 2]
+@given(x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=4, max_side=4),
+                    elements=finite_floats),
+       dims=st.tuples(st.integers(0, 3), st.integers(0, 3)))
+def test_transpose_swaps_two_dims(x, dims):
+    """x.transpose(a, b) swaps dims a and b, as np.swapaxes does."""
+    a, b = (d % x.ndim for d in dims)
+    np.testing.assert_array_equal(torch.from_numpy(x).transpose(a, b).numpy(),
+                                  np.swapaxes(x, a, b))
+
+
+@example(sizes=[1, 3, 2], shape=(2, 4, 3), dim=1)  # the notes: [2,1,3], [2,3,3], [2,2,3] -> [2,6,3]
+@given(sizes=st.lists(st.integers(1, 4), min_size=1, max_size=4),
+       shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=4), dim=st.integers(0, 2))
+def test_cat_adds_the_sizes_along_one_dim(sizes, shape, dim):
+    """torch.cat joins tensors that agree on every other dim; the sizes along `dim` add up."""
+    dim = dim % len(shape)
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal(shape[:dim] + (k,) + shape[dim + 1:]) for k in sizes]
+    joined = torch.cat([torch.from_numpy(p) for p in parts], dim=dim)
+    assert joined.shape[dim] == sum(sizes)
+    np.testing.assert_array_equal(joined.numpy(), np.concatenate(parts, axis=dim))
+
+
+# --- 二.3 Devices ---
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(x=float_arrays)
+def test_to_device_keeps_values_dtype_and_shape(device, x):
+    """.to(device) moves a tensor without changing it; the trip back to the CPU is exact."""
+    cpu = torch.from_numpy(x)
+    moved = cpu.to(device)
+    assert moved.device.type == device and moved.dtype == cpu.dtype and moved.shape == cpu.shape
+    assert torch.equal(moved.cpu(), cpu)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_model_and_batches_live_on_the_chosen_device(scratch, device):
+    """model.to(device) moves every parameter; train, evaluate and test move every batch."""
+    x, y = regression(20, 3, seed=0)
+    loader = ml.make_loader(ml.CsvDataset(write_csv(scratch / "d.csv", x, y)), 8, shuffle=True)
+    model = ml.MLP(3).to(device)
+    assert all(p.device.type == device for p in model.parameters())
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].device.type))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ml.train(model, loader, nn.MSELoss(), optimizer, device)
+    ml.evaluate(model, loader, nn.MSELoss(), device)
+    assert ml.test(model, loader, device).device.type == "cpu", "predictions come back"
+    assert seen == [device] * 9
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_checkpoint_saved_on_any_device_loads_on_the_cpu(tmp_path, device):
+    """load_model(path, "cpu") reads weights saved from a GPU: map_location moves them."""
+    model = ml.MLP(3).to(device)
+    stats = torch.zeros(3, device=device), torch.ones(3, device=device)
+    ml.save_checkpoint({"model": model.state_dict(), "in_features": 3,
+                        "mean": stats[0], "std": stats[1]}, tmp_path / "model.pt")
+    loaded, _ = ml.load_model(tmp_path / "model.pt", "cpu")
+    for saved, read in zip(model.parameters(), loaded.parameters(), strict=True):
+        assert read.device.type == "cpu" and torch.equal(read, saved.cpu())
+
+
+OTHER_DEVICES = [
+    "meta",  # holds shapes, no data: a second device on every machine
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="no CUDA device on this machine")),
+]
+
+
+@pytest.mark.parametrize("other", OTHER_DEVICES)
+def test_a_model_and_a_batch_on_different_devices_raise(other):
+    """The notes: tensors on different devices cannot meet in one operation."""
+    with pytest.raises(RuntimeError, match="device"):
+        ml.MLP(3)(torch.ones(2, 3, device=other))
+
+
+def test_a_model_and_a_batch_of_different_dtypes_raise():
+    """The notes: model and data must share a data type (float32 here), or it fails."""
+    with pytest.raises(RuntimeError, match="dtype"):
+        ml.MLP(3)(torch.ones(2, 3, dtype=torch.float64))
+
+
+# --- 二.4 Gradients ---
+
+@example(x=np.array([[1.0, 0.0], [-1.0, 1.0]]))  # the notes: x.grad is [[2, 0], [-2, 2]]
+@given(x=hnp.arrays(np.float64, shapes, elements=st.floats(-1e3, 1e3)))
+def test_backward_of_sum_of_squares_is_two_x(x):
+    """z = x.pow(2).sum(); z.backward() leaves dz/dx = 2x in x.grad."""
+    t = torch.tensor(x, requires_grad=True)
+    t.pow(2).sum().backward()
+    np.testing.assert_array_equal(t.grad.numpy(), 2 * x)
+
+
+@settings(max_examples=5)
+@given(batch=st.integers(1, 6), n_features=n_features, seed=seeds)
+def test_mlp_gradients_match_finite_differences(batch, n_features, seed):
+    """gradcheck: autograd's gradients for inputs and every parameter, against float64
+    finite differences."""
+    torch.manual_seed(seed)
+    model = ml.MLP(n_features, hidden=6).double()
+    names = [name for name, _ in model.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    x = torch.randn(batch, n_features, dtype=torch.float64, requires_grad=True)
+
+    def forward(x, *params):
+        return functional_call(model, dict(zip(names, params, strict=True)), (x,))
+
+    assert torch.autograd.gradcheck(forward, (x, *params))
+
+
+# --- 三 Step 2: the network ---
+
+@given(n_in=st.integers(1, 40), n_out=st.integers(1, 70))
+@example(n_in=32, n_out=64)  # the notes: Linear(32, 64) has W of 64 x 32
+def test_linear_weight_is_out_by_in(n_in, n_out):
+    """nn.Linear(in, out).weight is (out, in) and .bias is (out,): W x + b maps in to out."""
+    layer = nn.Linear(n_in, n_out)
+    assert layer.weight.shape == (n_out, n_in) and layer.bias.shape == (n_out,)
+
+
+@given(lead=hnp.array_shapes(min_dims=0, max_dims=3, max_side=4), seed=seeds)
+def test_linear_is_x_times_w_transposed_plus_b_for_any_batch_shape(lead, seed):
+    """Linear(32, 64) maps (*, 32) to (*, 64): each row x gives W x + b."""
+    torch.manual_seed(seed)
+    layer = nn.Linear(32, 64)
+    x = torch.randn(*lead, 32)
+    w, b = layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy()
+    out = layer(x)
+    assert out.shape == (*lead, 64)
+    close(out.detach().numpy(), x.double().numpy() @ w.T + b)
+
+
+@given(batch=st.integers(1, 40), n_features=st.integers(1, 40), seed=seeds)
+def test_mlp_is_linear_relu_linear_sigmoid(batch, n_features, seed):
+    """MLP maps (B, F) to (B, 1) as Linear -> ReLU -> Linear -> Sigmoid computed by hand."""
+    torch.manual_seed(seed)
+    model = ml.MLP(n_features)
+    x = torch.randn(batch, n_features) * 3
+    out = model(x)
+    assert out.shape == (batch, 1)
+    close(out.detach().numpy(), forward_by_hand(weights(model), x.double().numpy())[2])
+
+
+def test_mlp_defaults_are_the_notes_sizes():
+    """MLP() is Linear(32 -> 64) -> ReLU -> Linear(64 -> 1) -> Sigmoid."""
+    first, relu, second, sigmoid = ml.MLP().net
+    assert first.weight.shape == (64, 32) and second.weight.shape == (1, 64)
+    assert isinstance(relu, nn.ReLU) and isinstance(sigmoid, nn.Sigmoid)
+
+
+class OneByOne(nn.Module):
+    """The notes' other side: the layers held as attributes and called one after another."""
+
+    def __init__(self, sequential):
+        super().__init__()
+        self.fc1, self.act, self.fc2, self.out = sequential  # the very same layer objects
+
+    def forward(self, x):
+        return self.out(self.fc2(self.act(self.fc1(x))))
+
+
+@given(batch=st.integers(1, 20), n_features=n_features, seed=seeds)
+def test_with_or_without_sequential_is_the_same_network(batch, n_features, seed):
+    """Sharing weights, nn.Sequential and a hand-written forward give identical outputs and
+    identical gradients."""
+    torch.manual_seed(seed)
+    model = ml.MLP(n_features)
+    x, y = torch.randn(batch, n_features), torch.rand(batch, 1)
+    grads = []
+    for net in (model, OneByOne(model.net)):
+        model.zero_grad()
+        out = net(x)
+        nn.functional.mse_loss(out, y).backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (out_a, grads_a), (out_b, grads_b) = grads
+    assert torch.equal(out_a, out_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
+
+
+# --- 四 Step 3: the loss ---
+
+@given(pred=hnp.arrays(np.float64, shapes, elements=st.floats(-10, 10)), seed=seeds)
+def test_mse_gradient_is_two_times_error_over_n(pred, seed):
+    """d MSE / d pred = 2 (pred - y) / N, N counting every element."""
+    y = np.random.default_rng(seed).standard_normal(pred.shape)
+    p = torch.tensor(pred, requires_grad=True)
+    nn.MSELoss()(p, torch.from_numpy(y)).backward()
+    close(p.grad.numpy(), 2 * (pred - y) / pred.size)
+
+
+def test_a_target_of_shape_b_makes_mse_broadcast_silently_wrong():
+    """The homework's pitfall: output (B, 1) against target (B,) broadcasts to (B, B)."""
+    pred, y = torch.tensor([[0.1], [0.5], [0.9]]), torch.tensor([0.2, 0.4, 0.8])
+    by_hand = np.mean((np.array([0.1, 0.5, 0.9]) - np.array([0.2, 0.4, 0.8])) ** 2)
+    assert nn.MSELoss()(pred, y[:, None]).item() == pytest.approx(by_hand)
+    with pytest.warns(UserWarning, match="target size"):
+        wrong = nn.MSELoss()(pred, y).item()
+    assert wrong != pytest.approx(by_hand)
+
+
+# --- 五 Step 4: the optimizer; 六 the loops ---
+
+def sgd_setup(scratch, n, n_features, lr, seed):
+    """A model and a one-batch loader over n rows, plus the rows by hand (float64)."""
+    x, y = regression(n, n_features, seed)
+    dataset = ml.CsvDataset(write_csv(scratch / "d.csv", x, y))
+    torch.manual_seed(seed)
+    model = ml.MLP(n_features, hidden=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0)
+    loader = ml.make_loader(dataset, batch_size=n, shuffle=True)
+    return model, optimizer, loader, standardised(x), y[:, None]
+
+
+@given(n=rows, n_features=n_features, lr=learning_rates, seed=seeds)
+def test_a_one_batch_epoch_is_one_sgd_step_by_hand(scratch, n, n_features, lr, seed):
+    """train() over one batch of every row moves each parameter p to p - lr * dL/dp."""
+    model, optimizer, loader, x, y = sgd_setup(scratch, n, n_features, lr, seed)
+    w = weights(model)
+    ml.train(model, loader, nn.MSELoss(), optimizer, "cpu")
+    for after, before, grad in zip(weights(model), w, mse_grads_by_hand(w, x, y), strict=True):
+        close(after, before - lr * grad)
+
+
+@given(n=rows, n_features=n_features, lr=st.floats(0.5, 2.0), seed=seeds)
+def test_zero_grad_makes_each_step_use_only_its_own_gradient(scratch, n, n_features, lr, seed):
+    """Two one-batch epochs are two independent SGD steps; had the first step's gradient
+    stayed in .grad, the second would add it again."""
+    model, optimizer, loader, x, y = sgd_setup(scratch, n, n_features, lr, seed)
+    w0 = weights(model)
+    g0 = mse_grads_by_hand(w0, x, y)
+    w1 = [p - lr * g for p, g in zip(w0, g0, strict=True)]
+    g1 = mse_grads_by_hand(w1, x, y)
+    for _ in range(2):
+        ml.train(model, loader, nn.MSELoss(), optimizer, "cpu")
+    for after, p, g in zip(weights(model), w1, g1, strict=True):
+        close(after, p - lr * g)
+
+
+@given(n=rows, batch_size=batch_sizes, n_features=n_features, seed=seeds)
+def test_train_returns_the_per_sample_mean_loss(scratch, n, batch_size, n_features, seed):
+    """With lr = 0 the weights stay put, so train()'s loss is the plain mean over all rows."""
+    x, y = regression(n, n_features, seed)
+    dataset = ml.CsvDataset(write_csv(scratch / "d.csv", x, y))
+    model = ml.MLP(n_features)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss = ml.train(model, ml.make_loader(dataset, batch_size, True), nn.MSELoss(), optimizer,
+                    "cpu")
+    expected = np.mean((forward_by_hand(weights(model), standardised(x))[2][:, 0] - y) ** 2)
+    assert loss == pytest.approx(expected, rel=FLOAT32_RTOL, abs=1e-7)
+
+
+@example(n=7, batch_size=3, n_features=3, seed=3)  # 7 = 3 + 3 + 1: a short last batch
+@given(n=rows, batch_size=batch_sizes, n_features=n_features, seed=seeds)
+def test_evaluate_is_the_exact_per_sample_mean(scratch, n, batch_size, n_features, seed):
+    """evaluate() = sum of squared errors / N for any batch size: a short last batch weighs
+    what its rows weigh, not what a full batch would."""
+    x, y = regression(n, n_features, seed)
+    dataset = ml.CsvDataset(write_csv(scratch / "d.csv", x, y))
+    model = ml.MLP(n_features)
+    loss = ml.evaluate(model, ml.make_loader(dataset, batch_size, False), nn.MSELoss(), "cpu")
+    expected = np.mean((forward_by_hand(weights(model), standardised(x))[2][:, 0] - y) ** 2)
+    assert loss == pytest.approx(expected, rel=FLOAT32_RTOL, abs=1e-7)
+
+
+def test_evaluate_and_test_record_no_graph_and_change_nothing(scratch):
+    """Under no_grad no output has a grad_fn; parameters and their .grad stay as they were."""
+    x, y = regression(20, 3, seed=0)
+    loader = ml.make_loader(ml.CsvDataset(write_csv(scratch / "d.csv", x, y)), 8, False)
+    model = ml.MLP(3)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    outputs = []
+    model.register_forward_hook(lambda module, args, out: outputs.append(out))
+    ml.evaluate(model, loader, nn.MSELoss(), "cpu")
+    preds = ml.test(model, loader, "cpu")
+    assert len(outputs) == 6 and all(o.grad_fn is None for o in [*outputs, preds])
+    for p, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p, b) and torch.equal(p.grad, torch.full_like(p, 7.0))
+
+
+def test_train_sets_training_mode_evaluate_and_test_set_eval_mode(scratch):
+    """model.train() before training, model.eval() before validating or testing."""
+    x, y = regression(20, 3, seed=0)
+    loader = ml.make_loader(ml.CsvDataset(write_csv(scratch / "d.csv", x, y)), 8, False)
+    model = ml.MLP(3)
+    modes = []
+    model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    model.eval()
+    ml.train(model, loader, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1), "cpu")
+    assert modes == [True] * 3
+    for run in (lambda: ml.evaluate(model, loader, nn.MSELoss(), "cpu"),
+                lambda: ml.test(model, loader, "cpu")):
+        modes.clear()
+        model.train()
+        run()
+        assert modes == [False] * 3
+
 
 def test_one_epoch_lowers_the_loss_on_the_bundled_data():
     """One epoch of train() on data/train.csv lowers the mean loss over the training rows."""
@@ -101,19 +563,11 @@ def test_one_epoch_lowers_the_loss_on_the_bundled_data():
     assert after < 0.8 * before, f"loss went from {before:.5f} to {after:.5f}"
 
 
-def test_evaluate_is_the_exact_per_sample_mean(tmp_path):
-    """evaluate() = sum of squared errors / N, even when the last batch is short (7 = 3+3+1)."""
-    x, y = raw_regression(7, 3, seed=3)
-    dataset = ml.CsvDataset(write_csv(tmp_path / "d.csv", x, y))
-    model = ml.MLP(in_features=3)
-    loader = ml.make_loader(dataset, batch_size=3, shuffle=False)
-    expected = np.mean((by_hand(model, standardised(x, range(7)))[:, 0] - y) ** 2)
-    assert ml.evaluate(model, loader, nn.MSELoss(), "cpu") == pytest.approx(expected, abs=1e-6)
-
+# --- 六.5 Save and load ---
 
 def test_save_then_load_gives_identical_predictions(tmp_path):
     """A model saved with save_checkpoint and read back by load_model predicts the same bits."""
-    x, y = raw_regression(30, 5, seed=4)
+    x, y = regression(30, 5, seed=4)
     dataset = ml.CsvDataset(write_csv(tmp_path / "d.csv", x, y))
     model = ml.MLP(in_features=5)
     mean, std = dataset.stats
@@ -125,54 +579,127 @@ def test_save_then_load_gives_identical_predictions(tmp_path):
     assert torch.equal(loaded_mean, mean) and torch.equal(loaded_std, std)
 
 
-# --- main(): the whole run, end to end, on users' own files ---
+class NotATensor:
+    """Any class: unpickling it would mean running code named by the file."""
 
-def run_main(tmp_path, n_features, labelled_test, epochs=3):
-    """main() on a raw CSV with `n_features` columns; returns (out dir, test features, targets)."""
-    x, y = raw_regression(400, n_features, seed=5)
+
+def test_loading_refuses_a_pickle_that_is_not_plain_tensors(tmp_path):
+    """weights_only=True: a checkpoint that holds an arbitrary object is refused."""
+    torch.save({"model": NotATensor()}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        ml.load_checkpoint(tmp_path / "evil.pt")
+
+
+# --- 六 main(): the whole run, end to end, on users' own files ---
+
+def run_main(tmp_path, n_features, labelled_test=True, *flags):
+    """main() on raw CSVs with `n_features` columns; returns (out dir, test features, targets)."""
+    x, y = regression(400, n_features, seed=5, scale=1000)
+    tmp_path.mkdir(exist_ok=True)
     train_csv = write_csv(tmp_path / "train.csv", x[:300], y[:300])
     test_csv = write_csv(tmp_path / "test.csv", x[300:], y[300:] if labelled_test else None)
     out = tmp_path / "out"
     ml.main(["--train", str(train_csv), "--test", str(test_csv), "--out", str(out),
-             "--epochs", str(epochs), "--device", "cpu"])
-    return out, x[300:], y[300:]
+             "--device", "cpu", *flags])
+    return out, x, y
 
 
 def read_predictions(out):
     with open(out / "predictions.csv") as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == ["id", "prediction"]
-    return np.array([[float(v) for v in row] for row in rows[1:]])
+        table = list(csv.reader(f))
+    assert table[0] == ["id", "prediction"]
+    return np.array([[float(v) for v in row] for row in table[1:]])
+
+
+def metrics(out):
+    return json.loads((out / "metrics.json").read_text())
+
+
+def check_predictions_come_from_model_pt(out, x, y, valid_ratio):
+    """predictions.csv: id 0..N-1, each the model in model.pt applied to that test row,
+    standardised with the training rows' statistics that model.pt carries."""
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    train_rows = ml.CsvDataset(out.parent / "train.csv", valid_ratio=valid_ratio).train_rows
+    close(checkpoint["mean"].numpy(), x[train_rows.numpy()].mean(0))
+    model = ml.MLP(in_features=x.shape[1])
+    model.load_state_dict(checkpoint["model"])
+    predictions = read_predictions(out)
+    np.testing.assert_array_equal(predictions[:, 0], np.arange(100))
+    expected = forward_by_hand(weights(model), standardised(x, train_rows.numpy())[300:])[2]
+    np.testing.assert_allclose(predictions[:, 1], expected[:, 0], atol=1e-6)
+    assert metrics(out)["test_mse"] == pytest.approx(np.mean((predictions[:, 1] - y[300:]) ** 2),
+                                                     abs=1e-6)
+    return model, standardised(x, train_rows.numpy()), checkpoint
 
 
 def test_main_writes_one_prediction_per_test_row_in_order(tmp_path):
-    """predictions.csv: id 0..N-1, each the saved model applied to that row of the test CSV."""
-    out, test_x, test_y = run_main(tmp_path, n_features=5, labelled_test=True)
-    predictions = read_predictions(out)
-    checkpoint = torch.load(out / "model.pt", weights_only=True)
-    model = ml.MLP(in_features=5)
-    model.load_state_dict(checkpoint["model"])
-    z = (test_x - checkpoint["mean"].double().numpy()) / checkpoint["std"].double().numpy()
-    np.testing.assert_array_equal(predictions[:, 0], np.arange(100))
-    np.testing.assert_allclose(predictions[:, 1], by_hand(model, z)[:, 0], atol=1e-6)
-    metrics = json.loads((out / "metrics.json").read_text())
-    expected_mse = np.mean((predictions[:, 1] - test_y) ** 2)
-    assert metrics["test_mse"] == pytest.approx(expected_mse, abs=1e-6)
-    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
-    best = min(metrics["history"], key=lambda h: h["valid_loss"])
-    assert metrics["best_epoch"] == best["epoch"], "validation, not the test set, picks the model"
+    """The test file's rows, in order, through the saved best model."""
+    out, x, y = run_main(tmp_path, 5, True, "--epochs", "3", "--valid-ratio", "0.25")
+    check_predictions_come_from_model_pt(out, x, y, valid_ratio=0.25)
 
 
 def test_main_predicts_an_unlabelled_test_file(tmp_path):
     """A test CSV without the target column: predictions for every row, and test_mse null."""
-    out, _, _ = run_main(tmp_path, n_features=4, labelled_test=False)
-    assert len(read_predictions(out)) == 100
-    assert json.loads((out / "metrics.json").read_text())["test_mse"] is None
+    out, _, _ = run_main(tmp_path, 4, False, "--epochs", "2")
+    assert len(read_predictions(out)) == 100 and metrics(out)["test_mse"] is None
 
 
 def test_raw_features_in_the_thousands_train_sensibly(tmp_path):
     """Unscaled features and a different column count need no code change to learn."""
-    out, _, test_y = run_main(tmp_path, n_features=7, labelled_test=True, epochs=30)
-    baseline = np.mean((test_y - test_y.mean()) ** 2)  # predicting the (test!) mean
-    test_mse = json.loads((out / "metrics.json").read_text())["test_mse"]
+    out, _, y = run_main(tmp_path, 7, True, "--epochs", "30")
+    baseline = np.mean((y[300:] - y[300:].mean()) ** 2)  # predicting the (test!) mean
+    test_mse = metrics(out)["test_mse"]
     assert test_mse < 0.1 * baseline, f"test MSE {test_mse:.4f} vs {baseline:.4f} for a constant"
+
+
+def test_validation_picks_the_model_and_patience_stops_the_run(tmp_path):
+    """best_epoch has the lowest valid loss (the MSE of model.pt on the validation rows, which
+    then predicts the test file); the run ends at the first epoch `patience` past the best."""
+    out, x, y = run_main(tmp_path, 3, True, "--epochs", "60", "--patience", "2", "--lr", "20")
+    history = metrics(out)["history"]
+    losses = [h["valid_loss"] for h in history]
+    assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
+    best = 1 + int(np.argmin(losses))
+    assert metrics(out)["best_epoch"] == best and best < len(history), "the best is not the last"
+    stops = [e for e in range(1, len(losses) + 1) if e - (1 + int(np.argmin(losses[:e]))) >= 2]
+    assert len(history) < 60 and len(history) == stops[0], "stopped early, and not too early"
+    model, z, _ = check_predictions_come_from_model_pt(out, x, y, valid_ratio=0.2)
+    valid_rows = ml.CsvDataset(out.parent / "train.csv", valid_ratio=0.2).valid_rows.numpy()
+    by_hand = np.mean((forward_by_hand(weights(model), z[valid_rows])[2][:, 0]
+                       - y[valid_rows]) ** 2)
+    assert losses[best - 1] == pytest.approx(by_hand, rel=FLOAT32_RTOL), "the loss is the MSE"
+
+
+def test_lr_zero_leaves_the_initial_model_in_place(tmp_path):
+    """--lr reaches SGD: with 0, every epoch validates the same, untouched weights."""
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "3", "--lr", "0", "--patience", "5")
+    assert len({h["valid_loss"] for h in metrics(out)["history"]}) == 1
+
+
+def test_main_builds_the_notes_loaders_and_optimizer(tmp_path, monkeypatch):
+    """The notes: shuffle=True for training only; SGD with the given lr and momentum 0."""
+    loaders, optimizers = [], []
+
+    def recording_make_loader(dataset, batch_size, shuffle):
+        loaders.append((len(dataset), shuffle))
+        return make_loader(dataset, batch_size, shuffle)
+
+    class RecordingSGD(torch.optim.SGD):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            optimizers.append(self)
+
+    make_loader = ml.make_loader
+    monkeypatch.setattr(ml, "make_loader", recording_make_loader)
+    monkeypatch.setattr(torch.optim, "SGD", RecordingSGD)
+    run_main(tmp_path, 3, True, "--epochs", "1", "--lr", "0.25")
+    assert sorted(loaders) == [(60, False), (100, False), (240, True)]  # valid, test, train
+    (optimizer,) = optimizers
+    assert optimizer.defaults["lr"] == 0.25 and optimizer.defaults["momentum"] == 0
+
+
+def test_the_same_seed_gives_the_same_loss_history(tmp_path):
+    """Two runs with one seed agree to the bit on the CPU; another seed differs."""
+    runs = [metrics(run_main(tmp_path / f"run{i}", 3, True, "--epochs", "3", "--seed", seed)[0])
+            for i, seed in enumerate(["1", "1", "2"])]
+    assert runs[0]["history"] == runs[1]["history"] != runs[2]["history"]
