@@ -4,57 +4,122 @@ Read it top to bottom beside the notes. Step 1 reads a CSV into a Dataset and a 
 step 2 defines the network, steps 3 and 4 pick the loss and the optimizer, then come the
 train / validate / test loops, saving and loading, and main(), which runs them in order:
 
-    python minitorch_loop.py            # train on data/train.csv, predict data/test.csv
-    python minitorch_loop.py --help     # every flag, with its default
+    python minitorch_loop.py                        # train on data/, predict data/test.csv
+    python minitorch_loop.py --resume runs/last.pt  # continue a stopped run, bit for bit
+    python minitorch_loop.py --help                 # every flag, with its default
+
+Inputs are checked where they enter (reading a CSV, parsing flags, loading a checkpoint), all
+before anything is written; a bad one stops the run with one line naming it, and exit code 2.
 """
 
 import argparse
+import copy
+import csv
 import json
 import math
 import os
+import pickle
+import sys
+import tempfile
 import time
 import warnings
+import zipfile
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    Dataset,
-    RandomSampler,
-    SequentialSampler,
-    Subset,
-)
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Subset
+
+
+class InputError(Exception):
+    """A bad file or flag: main() prints the message as one line and exits with code 2."""
+
 
 # --- Step 1 (notes 一): read data into a Dataset, serve it with a DataLoader ---
 
-def read_csv(path) -> np.ndarray:
-    """A numeric CSV with a header row -> its (N, C) float64 table, header left out."""
-    with warnings.catch_warnings(action="ignore"):  # numpy warns on a header-only file
-        return np.loadtxt(path, delimiter=",", quotechar='"', skiprows=1, ndmin=2,
-                          comments=None, encoding="utf-8-sig")  # utf-8-sig: drop an Excel BOM
+def read_csv(path) -> tuple[list[str], np.ndarray]:
+    """A numeric CSV with a header row -> (column names, (N, C) float64 table)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: drop a BOM
+            header = next(csv.reader(f), None)
+        with warnings.catch_warnings(action="ignore"):  # numpy warns on a header-only file
+            table = np.loadtxt(path, delimiter=",", quotechar='"', skiprows=1, ndmin=2,
+                               comments=None, encoding="utf-8-sig")
+    except OSError as e:
+        raise InputError(f"{path}: {e.strerror}") from None
+    except (UnicodeDecodeError, csv.Error):  # invalid UTF-8, or NUL bytes
+        raise InputError(f"{path}: not a text file (binary data?)") from None
+    except ValueError:  # numpy met something that is not a number: first_bad_cell finds it
+        table = None
+    if header is None:
+        raise InputError(f"{path}: the file is empty")
+    if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
+        raise InputError(f"{path}: line 1 has no commas; columns must be comma-separated")
+    if all(is_number(name) for name in header):
+        raise InputError(f"{path}: line 1 holds numbers; the first line must name the columns")
+    if table is not None and len(table) == 0:
+        raise InputError(f"{path}: a header but no data rows")
+    if table is None or table.shape[1] != len(header) or not np.isfinite(table).all():
+        raise InputError(f"{path}: {first_bad_cell(path, header)}")
+    return header, table
+
+
+def is_number(text) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def first_bad_cell(path, header) -> str:
+    """Where the table breaks: a row of the wrong width, or a cell that is not a number."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        next(reader)
+        for row in filter(None, reader):  # blank lines are skipped, as numpy skips them
+            if len(row) != len(header):
+                return f"line {reader.line_num} has {len(row)} columns; the header, {len(header)}"
+            for j, cell in enumerate(row):
+                if not is_number(cell):
+                    return (f"line {reader.line_num}, column {j + 1} ({header[j]}): "
+                            f"{cell!r} is not a finite number")
+    return "not a table of numbers"  # what numpy refuses and float() takes, as 1_000
 
 
 class CsvDataset(Dataset):
-    """A CSV held as two float32 tensors, read and standardised once, here in __init__.
+    """A CSV held as two float32 tensors, read, checked and standardised once, in __init__.
 
-    The last column is the target. A training file (``stats=None``) holds out ``valid_ratio``
-    of its rows for validation (``valid_rows``) and standardises every feature with the mean
-    and std of the other rows (``train_rows``): the model never peeks at validation data.
-    A file read with a training file's ``stats`` may leave out the target column.
+    The last column is the target, in [0, 1]. A training file (``stats=None``) holds out
+    ``valid_ratio`` of its rows for validation (``valid_rows``) and standardises every feature
+    with the mean and std of the other rows (``train_rows``): the model never peeks at
+    validation data. A file read with a training file's ``stats`` may leave out the target.
     """
 
     def __init__(self, path, stats=None, valid_ratio=0.0, seed=0):
-        table = read_csv(path)
-        labelled = stats is None or table.shape[1] == len(stats[0]) + 1
+        header, table = read_csv(path)
+        (n_rows, n_columns), n_valid = table.shape, round(valid_ratio * len(table))
+        n_features = n_columns - 1 if stats is None else len(stats[0])
+        if n_features < 1:
+            raise InputError(f"{path}: one column; it needs features, then the target last")
+        if n_columns not in (n_features, n_features + 1):
+            raise InputError(f"{path}: {n_columns} columns; the training file's {n_features} "
+                             f"features, with the target or without, make {n_features + 1} "
+                             f"or {n_features}")
+        labelled = n_columns == n_features + 1
+        if labelled and not ((table[:, -1] >= 0) & (table[:, -1] <= 1)).all():
+            raise InputError(f"{path}: target {header[-1]} runs from {table[:, -1].min():g} to "
+                             f"{table[:, -1].max():g}, but the model's Sigmoid outputs lie in "
+                             f"(0, 1); rescale it, e.g. to (y - min) / (max - min)")
+        if stats is None and (n_rows - n_valid < 2 or (valid_ratio > 0 and n_valid == 0)):
+            raise InputError(f"{path}: {n_rows} rows are too few to hold out {valid_ratio:g} "
+                             f"of them for validation and train on at least 2")
         features = torch.from_numpy(table[:, :-1] if labelled else table)  # (N, F) float64
-        shuffled = torch.randperm(len(table), generator=torch.Generator().manual_seed(seed))
-        n_valid = round(valid_ratio * len(table))
+        shuffled = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))
         self.valid_rows, self.train_rows = shuffled[:n_valid], shuffled[n_valid:]
         if stats is None:
             fit = features[self.train_rows]
-            stats = fit.mean(0), fit.std(0).clamp_min(1e-12)  # a constant column stays finite
+            std = fit.std(0)
+            stats = fit.mean(0), torch.where(std > 0, std, 1.0)  # a constant column becomes 0
         self.stats = stats
         self.x = ((features - stats[0]) / stats[1]).float()  # (N, F)
         self.y = torch.from_numpy(table[:, -1:]).float() if labelled else None  # (N, 1)
@@ -83,7 +148,7 @@ def make_loader(dataset, batch_size, shuffle) -> DataLoader:
     in one tensor already, so here __getitem__ gets a whole batch of indices and answers with
     one slice: the same batches, without the per-row calls. batch_size=None: no stacking.
     """
-    rows = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+    rows = RandomSampler(dataset) if shuffle else range(len(dataset))
     batches = TensorBatchSampler(rows, batch_size, drop_last=False)
     return DataLoader(dataset, batch_size=None, sampler=batches)
 
@@ -150,139 +215,221 @@ def test(model, loader, device) -> torch.Tensor:
     return torch.cat(preds).cpu()  # one copy to the CPU at the end, not one per batch
 
 
-def save_checkpoint(checkpoint, path):
-    """torch.save to a temporary file beside `path`, then rename it over `path`.
+def replace_atomically(path, write):
+    """Write a file with `write(f)` into a temporary file beside `path`, then rename it.
 
-    os.replace is atomic, so a crash at any moment leaves the old file or the new one,
-    never half of one.
+    os.replace is atomic: a crash or kill -9 at any moment leaves the old file or the new
+    one, never half of one. fsync first, so a power cut cannot reorder the two either.
     """
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
-        torch.save(checkpoint, f)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, device="cpu") -> dict:
-    # weights_only=True unpickles tensors and plain Python values only: a checkpoint from
-    # elsewhere cannot run code. map_location moves tensors saved on a GPU to `device`.
-    return torch.load(path, map_location=device, weights_only=True)
+def save_checkpoint(checkpoint, path):
+    replace_atomically(path, lambda f: torch.save(checkpoint, f))
+
+
+def load_checkpoint(path, keys=("model", "mean", "std"), device="cpu") -> dict:
+    """A checkpoint dict holding `keys`, or an InputError that says what is wrong."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a torn one has no end
+        raise InputError(f"{path}: not a checkpoint (truncated, or not from torch.save)")
+    try:  # weights_only=True unpickles only tensors and plain Python values, so a file from
+        # elsewhere cannot run code; map_location moves tensors saved on a GPU to `device`.
+        with warnings.catch_warnings(action="ignore"):  # the one-line error says it all
+            checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(f"{path}: refused by torch.load(weights_only=True): it holds more "
+                         "than tensors and plain values") from None
+    except Exception:  # noqa: BLE001 (torch.load raises many kinds, all meaning "damaged")
+        raise InputError(f"{path}: not a checkpoint (damaged)") from None
+    if not isinstance(checkpoint, dict) or not set(keys) <= checkpoint.keys():
+        raise InputError(f"{path}: not a minitorch_loop checkpoint (it needs {', '.join(keys)})")
+    return checkpoint
 
 
 def load_model(path, device="cpu") -> tuple[MLP, tuple[torch.Tensor, torch.Tensor]]:
-    """The model saved in `path` and the feature statistics it was trained with."""
-    checkpoint = load_checkpoint(path, device)
-    model = MLP(checkpoint["in_features"]).to(device)
+    """The model saved in `path` (model.pt, or last.pt) and its feature statistics."""
+    checkpoint = load_checkpoint(path, device=device)
+    model = MLP(len(checkpoint["mean"])).to(device)
     model.load_state_dict(checkpoint["model"])
     return model, (checkpoint["mean"].cpu(), checkpoint["std"].cpu())
 
 
+# --- main(): flags, then the whole process in order ---
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line that names the flag, and no usage block
+        raise InputError(message)
+
+
+def number(kind, low, high=math.inf):
+    """An argparse type: a `kind` (int or float) strictly between `low` and `high`."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind.__name__}") from None
+        if not low < value < high:  # NaN fails this too
+            limits = f"above {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {limits}, got {text}")
+        return value
+    return parse
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--train", default="data/train.csv",
-                   help="training CSV: a header row, features, the target last "
-                   "(default: %(default)s)")
-    p.add_argument("--test", default="data/test.csv",
-                   help="test CSV, with or without the target column (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=5,
-                   help="passes over the training rows, at most (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="rows per SGD step, as in the notes (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=0.5,
-                   help="SGD learning rate; MSE through a Sigmoid has small gradients "
-                   "(default: %(default)s)")
+                   help="training CSV: a header row, features, the target last")
+    p.add_argument("--test", default="data/test.csv", help="test CSV, with or without the target")
+    p.add_argument("--epochs", type=number(int, 0), default=5,
+                   help="epochs in all, resumed ones included")
+    p.add_argument("--batch-size", type=number(int, 0), default=16,
+                   help="rows per SGD step, as in the notes")
+    p.add_argument("--lr", type=number(float, 0), default=0.5,
+                   help="SGD learning rate; MSE through a Sigmoid has small gradients")
     p.add_argument("--seed", type=int, default=0,
-                   help="fixes the split, the initial weights and the batch order "
-                   "(default: %(default)s)")
-    p.add_argument("--valid-ratio", type=float, default=0.2,
-                   help="share of the training CSV held out for validation (default: %(default)s)")
-    p.add_argument("--patience", type=int, default=3,
-                   help="stop after this many epochs without a better validation loss "
-                   "(default: %(default)s)")
+                   help="fixes the split, the initial weights and the batch order")
+    p.add_argument("--valid-ratio", type=number(float, 0, 1), default=0.2,
+                   help="share of the training CSV held out for validation")
+    p.add_argument("--patience", type=number(int, 0), default=3,
+                   help="stop after this many epochs without a better validation loss")
     p.add_argument("--device", default="auto",
-                   help="auto, cpu, cuda, cuda:N or mps; auto takes a GPU when there is one "
-                   "(default: %(default)s)")
+                   help="auto, cpu, cuda, cuda:N or mps; auto takes a GPU when there is one")
     p.add_argument("--out", default="runs",
-                   help="directory for model.pt, predictions.csv, metrics.json "
-                   "(default: %(default)s)")
+                   help="directory for model.pt, last.pt, predictions.csv and metrics.json")
+    p.add_argument("--resume", metavar="LAST_PT",
+                   help="continue the run saved in this last.pt, with its seed, lr, batch size "
+                   "and split")
     return p.parse_args(argv)
 
 
 def pick_device(name) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    if name == "auto":
+        name = ("cuda" if torch.cuda.is_available() else
+                "mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name}: unknown; use auto, cpu, cuda, cuda:N or mps") from None
+    there = {"cpu": True, "mps": torch.backends.mps.is_available(),
+             "cuda": (device.index or 0) < torch.cuda.device_count()}
+    if not there.get(device.type, False):
+        raise InputError(f"--device {name}: not available on this machine")
+    return device
 
 
-def fit(model, train_loader, valid_loader, criterion, optimizer, device, args, stats):
-    """Train for up to args.epochs; keep the model with the lowest valid loss in model.pt."""
-    history, best_loss, best_epoch = [], math.inf, 0
-    for epoch in range(1, args.epochs + 1):
+def make_out_dir(out):
+    try:
+        os.makedirs(out, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()  # can we write there?
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot write there ({e.strerror})") from None
+
+
+def start_or_resume(args, model, optimizer, stats, run) -> dict:
+    """The state of the run, as last.pt holds it: a fresh one, or `run` from --resume."""
+    if run is None:
+        return {"settings": {k: vars(args)[k] for k in SETTINGS}, "mean": stats[0],
+                "std": stats[1], "epoch": 0, "history": [], "best_loss": math.inf,
+                "best_epoch": 0, "best": None}
+    if not torch.equal(run["mean"], stats[0]):
+        raise InputError(f"--resume {args.resume}: trained on other data ({len(run['mean'])} "
+                         f"features) than {args.train} ({len(stats[0])} features)")
+    model.load_state_dict(run["model"])
+    optimizer.load_state_dict(run["optimizer"])
+    torch.set_rng_state(run["rng"])  # the batch order of the epochs to come
+    print(f"resuming {args.resume} after epoch {run['epoch']}")
+    return run
+
+
+def fit(model, optimizer, loaders, criterion, device, args, run):
+    """Train until args.epochs or early stopping. After each epoch, save last.pt (all of
+    `run`, to resume from) and, when validation improved, model.pt (the best model)."""
+    train_loader, valid_loader = loaders
+    for epoch in range(run["epoch"] + 1, args.epochs + 1):
         start = time.perf_counter()
         train_loss = train(model, train_loader, criterion, optimizer, device)
         valid_loss = evaluate(model, valid_loader, criterion, device)
-        history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss})
-        improved = valid_loss < best_loss  # validation picks the model, never the test set
-        if improved:
-            best_loss, best_epoch = valid_loss, epoch
-            save_checkpoint({"model": model.state_dict(), "in_features": len(stats[0]),
-                             "mean": stats[0], "std": stats[1]}, f"{args.out}/model.pt")
+        run["history"].append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss})
+        improved = valid_loss < run["best_loss"]  # validation picks the model, never the test set
+        if improved:  # model.pt: what a later prediction needs
+            best = {"model": copy.deepcopy(model.state_dict()), "mean": run["mean"],
+                    "std": run["std"]}
+            run.update(best_loss=valid_loss, best_epoch=epoch, best=best)
+            save_checkpoint(best, f"{args.out}/model.pt")
+        run.update(epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                   rng=torch.get_rng_state())
+        save_checkpoint(run, f"{args.out}/last.pt")
         print(f"epoch {epoch:3d} | train {train_loss:.5f} | valid {valid_loss:.5f} | "
               f"{time.perf_counter() - start:.2f}s{' *' if improved else ''}")
-        if epoch - best_epoch >= args.patience:
+        if epoch - run["best_epoch"] >= args.patience:
             print(f"no better valid loss for {args.patience} epochs: stopping early")
             break
-    return history, best_epoch
+    if run["best"] is None:
+        raise InputError(f"--lr {args.lr}: the validation loss was never finite; lower it")
 
 
-def report(out, preds, targets, guess, history, best_epoch):
+def report(out, preds, targets, guess, run):
     """Write predictions.csv (one row per test row, in order) and metrics.json; print the score.
 
     `guess` is the mean training target: what a model that learned nothing would predict.
     """
     test_mse = None if targets is None else nn.functional.mse_loss(preds, targets).item()
-    with open(f"{out}/predictions.csv", "w") as f:
-        f.write("id,prediction\n")
-        f.writelines(f"{i},{p:.6f}\n" for i, p in enumerate(preds.squeeze(1).tolist()))
-    with open(f"{out}/metrics.json", "w") as f:
-        json.dump({"history": history, "best_epoch": best_epoch, "test_mse": test_mse}, f,
-                  indent=1)
+    rows = "".join(f"{i},{p:.6f}\n" for i, p in enumerate(preds.squeeze(1).tolist()))
+    metrics = {"history": run["history"], "best_epoch": run["best_epoch"], "test_mse": test_mse}
+    replace_atomically(f"{out}/predictions.csv",
+                       lambda f: f.write(f"id,prediction\n{rows}".encode()))
+    replace_atomically(f"{out}/metrics.json", lambda f: f.write(json.dumps(metrics).encode()))
     if test_mse is None:
         print(f"{len(preds)} predictions in {out}/predictions.csv (the test CSV has no target)")
     else:
         baseline = nn.functional.mse_loss(guess.expand_as(targets), targets).item()
-        print(f"test MSE {test_mse:.5f} with the best epoch ({best_epoch}); "
+        print(f"test MSE {test_mse:.5f} with the best epoch ({run['best_epoch']}); "
               f"always predicting the mean training target scores {baseline:.5f}")
 
 
+SETTINGS = ("seed", "lr", "batch_size", "valid_ratio")  # what --resume takes from last.pt
+RESUME_KEYS = ("settings", "mean", "epoch", "model", "optimizer", "rng", "best")
+
+
 def main(argv=None):
-    args = parse_args(argv)
-    torch.manual_seed(args.seed)  # one seed fixes the initial weights and the batch order
-    device = pick_device(args.device)
-    # Step 1: the data. Validation rows come out of the training CSV (seeded, repeatable).
-    data = CsvDataset(args.train, valid_ratio=args.valid_ratio, seed=args.seed)
-    test_set = CsvDataset(args.test, stats=data.stats)
-    train_loader = make_loader(Subset(data, data.train_rows), args.batch_size, shuffle=True)
-    valid_loader = make_loader(Subset(data, data.valid_rows), args.batch_size, shuffle=False)
-    test_loader = make_loader(test_set, args.batch_size, shuffle=False)
-    print(f"{len(data.train_rows)} training rows, {len(data.valid_rows)} validation rows, "
-          f"{data.x.shape[1]} features; device {device}")
-    # Steps 2-4: the model on its device, the loss, the optimizer.
-    model = MLP(data.x.shape[1]).to(device)
-    criterion = nn.MSELoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0)
-    os.makedirs(args.out, exist_ok=True)
-    history, best_epoch = fit(model, train_loader, valid_loader, criterion, optimizer, device,
-                              args, data.stats)
-    # Reload the best weights, as a later prediction would, and predict the test set.
-    model, _ = load_model(f"{args.out}/model.pt", device)
-    preds = test(model, test_loader, device)  # (N, 1)
-    report(args.out, preds, test_set.y, data.y[data.train_rows].mean(), history, best_epoch)
+    try:
+        args = parse_args(argv)
+        resumed = args.resume and load_checkpoint(args.resume, RESUME_KEYS)
+        if resumed:  # the stopped run's settings fix its data split and batch order
+            vars(args).update(resumed["settings"])
+        torch.manual_seed(args.seed)  # one seed fixes the initial weights and the batch order
+        device = pick_device(args.device)
+        # Step 1: the data. Validation rows come out of the training CSV (seeded, repeatable).
+        data = CsvDataset(args.train, valid_ratio=args.valid_ratio, seed=args.seed)
+        test_set = CsvDataset(args.test, stats=data.stats)
+        loaders = (make_loader(Subset(data, data.train_rows), args.batch_size, shuffle=True),
+                   make_loader(Subset(data, data.valid_rows), args.batch_size, shuffle=False))
+        # Steps 2-4: the model on its device, the loss, the optimizer.
+        model = MLP(data.x.shape[1]).to(device)
+        criterion = nn.MSELoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0)
+        run = start_or_resume(args, model, optimizer, data.stats, resumed or None)
+        make_out_dir(args.out)  # the last check: from here on, files are written
+        if args.resume:  # the best model so far, in this --out too
+            save_checkpoint(run["best"], f"{args.out}/model.pt")
+        print(f"{len(data.train_rows)} training rows, {len(data.valid_rows)} validation rows, "
+              f"{data.x.shape[1]} features; device {device}")
+        fit(model, optimizer, loaders, criterion, device, args, run)
+        # Reload the best weights, as a later prediction would, and predict the test set.
+        model, _ = load_model(f"{args.out}/model.pt", device)
+        preds = test(model, make_loader(test_set, args.batch_size, shuffle=False), device)
+        report(args.out, preds, test_set.y, data.y[data.train_rows].mean(), run)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ computation (by hand, in float64 NumPy), never against the code under test.
 import csv
 import json
 import os
-import pickle
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,8 +138,13 @@ def test_features_are_standardised_with_the_training_rows_only(scratch, n, n_fea
                                                                valid_ratio, seed):
     """Mean and std come from the training split; every row is scaled with them."""
     x, y = regression(n, n_features, seed, scale=1000)
-    dataset = ml.CsvDataset(write_csv(scratch / "d.csv", x, y), valid_ratio=valid_ratio,
-                            seed=seed)
+    path = write_csv(scratch / "d.csv", x, y)
+    n_valid = round(valid_ratio * n)
+    if n - n_valid < 2 or (valid_ratio > 0 and n_valid == 0):  # too few rows to split
+        with pytest.raises(ml.InputError, match="too few"):
+            ml.CsvDataset(path, valid_ratio=valid_ratio, seed=seed)
+        return
+    dataset = ml.CsvDataset(path, valid_ratio=valid_ratio, seed=seed)
     train_rows, valid_rows = dataset.train_rows.tolist(), dataset.valid_rows.tolist()
     assert len(valid_rows) == round(valid_ratio * n)
     assert sorted(train_rows + valid_rows) == list(range(n)), "a split, not a resample"
@@ -586,7 +594,7 @@ class NotATensor:
 def test_loading_refuses_a_pickle_that_is_not_plain_tensors(tmp_path):
     """weights_only=True: a checkpoint that holds an arbitrary object is refused."""
     torch.save({"model": NotATensor()}, tmp_path / "evil.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ml.InputError, match="weights_only=True"):
         ml.load_checkpoint(tmp_path / "evil.pt")
 
 
@@ -670,12 +678,6 @@ def test_validation_picks_the_model_and_patience_stops_the_run(tmp_path):
     assert losses[best - 1] == pytest.approx(by_hand, rel=FLOAT32_RTOL), "the loss is the MSE"
 
 
-def test_lr_zero_leaves_the_initial_model_in_place(tmp_path):
-    """--lr reaches SGD: with 0, every epoch validates the same, untouched weights."""
-    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "3", "--lr", "0", "--patience", "5")
-    assert len({h["valid_loss"] for h in metrics(out)["history"]}) == 1
-
-
 def test_main_builds_the_notes_loaders_and_optimizer(tmp_path, monkeypatch):
     """The notes: shuffle=True for training only; SGD with the given lr and momentum 0."""
     loaders, optimizers = [], []
@@ -703,3 +705,252 @@ def test_the_same_seed_gives_the_same_loss_history(tmp_path):
     runs = [metrics(run_main(tmp_path / f"run{i}", 3, True, "--epochs", "3", "--seed", seed)[0])
             for i, seed in enumerate(["1", "1", "2"])]
     assert runs[0]["history"] == runs[1]["history"] != runs[2]["history"]
+
+
+# --- Never trust a file: bad input stops with one line and exit code 2, damaging nothing ---
+
+@pytest.fixture(scope="module")
+def previous_run(tmp_path_factory):
+    """A finished run (its CSVs, and its checkpoints in out/) to build bad commands from."""
+    root = tmp_path_factory.mktemp("previous")
+    run_main(root, 3, True, "--epochs", "2")
+    return root
+
+
+def fails(capsys, previous_run, tmp_path, *flags) -> str:
+    """main() with `flags` stops with exit code 2 and a single line on stderr, and every
+    file an earlier run left in --out keeps its bytes. Returns the line."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("model.pt", "last.pt", "predictions.csv", "metrics.json"):
+        (out / name).write_bytes(f"an earlier run's {name}".encode())  # no run writes this
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    good = ["--train", previous_run / "train.csv", "--test", previous_run / "test.csv",
+            "--out", out, "--epochs", 2]
+    with pytest.raises(SystemExit) as stop:  # argparse keeps a flag's last value: `flags` win
+        ml.main([str(arg) for arg in good + list(flags)])
+    line = capsys.readouterr().err
+    assert stop.value.code == 2 and line.startswith("error: ") and line.count("\n") == 1, line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "a file was touched"
+    return line
+
+
+BAD_CSVS = {  # what the file holds -> what the message says
+    "empty": (b"", "the file is empty"),
+    "header only": (b"a,b,y\n", "a header but no data rows"),
+    "too few rows to split": (b"a,b,y\n1,2,0.5\n3,4,0.5\n", "2 rows are too few"),
+    "ragged row": (b"a,b,y\n1,2,0.5\n3,4\n5,6,0.1\n", "line 3 has 2 columns"),
+    "non-numeric cell": (b"a,b,y\n1,2,0.5\n3,abc,0.5\n", "line 3, column 2 (b): 'abc'"),
+    "NaN": (b"a,b,y\n1,2,0.5\n3,4,0.5\nnan,4,0.5\n", "line 4, column 1 (a): 'nan'"),
+    "inf": (b"a,b,y\n1,2,0.5\n3,-inf,0.5\n", "line 3, column 2 (b): '-inf'"),
+    "semicolons": (b"a;b;y\n1;2;0.5\n3;4;0.5\n", "line 1 has no commas"),
+    "tabs": (b"a\tb\ty\n1\t2\t0.5\n3\t4\t0.5\n", "line 1 has no commas"),
+    "binary garbage": (bytes(range(256)) * 16, "not a text file"),
+    "no header": (b"1,2,0.5\n3,4,0.5\n5,6,0.5\n", "line 1 holds numbers"),
+    "one column": (b"y\n0.5\n0.2\n0.1\n", "one column"),
+    "targets outside [0, 1]": (b"a,b,y\n1,2,5\n3,4,-1\n5,6,0.5\n",
+                               "target y runs from -1 to 5, but the model's Sigmoid"),
+}
+
+
+@pytest.mark.parametrize("content, message", BAD_CSVS.values(), ids=BAD_CSVS.keys())
+def test_a_bad_training_csv_is_named_with_line_and_column(capsys, previous_run, tmp_path,
+                                                          content, message):
+    """Each broken file gets one line that names it, and where it breaks."""
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(content)
+    assert f"{bad}: {message}" in fails(capsys, previous_run, tmp_path, "--train", bad)
+
+
+@pytest.mark.parametrize("name, message", [("missing.csv", "No such file or directory"),
+                                           (".", "Is a directory")])
+def test_a_missing_file_or_a_directory_is_named(capsys, previous_run, tmp_path, name, message):
+    """A path that is not a readable file: its name and the system's reason."""
+    assert f"{tmp_path / name}: {message}" in fails(capsys, previous_run, tmp_path,
+                                                    "--train", tmp_path / name)
+
+
+@pytest.mark.parametrize("columns, message", [(2, "2 columns; the training file's 3 features"),
+                                              (5, "5 columns")])
+def test_a_test_csv_must_have_the_training_features(capsys, previous_run, tmp_path, columns,
+                                                    message):
+    """A test CSV has the training file's F feature columns, and maybe the target: F or F+1."""
+    bad = write_csv(tmp_path / "test.csv", np.full((4, columns), 0.5))
+    assert message in fails(capsys, previous_run, tmp_path, "--test", bad)
+
+
+def test_a_test_csv_with_targets_outside_0_1_is_refused(capsys, previous_run, tmp_path):
+    """Targets in a test file obey the same rule as in a training file."""
+    bad = write_csv(tmp_path / "test.csv", np.ones((4, 3)), np.array([0.5, 2, 0.5, 0.5]))
+    assert "Sigmoid" in fails(capsys, previous_run, tmp_path, "--test", bad)
+
+
+def test_real_exports_read_like_plain_files(tmp_path):
+    """A UTF-8 BOM, CRLF line ends, quoted numbers and trailing blank lines change nothing."""
+    plain = tmp_path / "plain.csv"
+    plain.write_bytes(b"a,b,y\n1,2,0.5\n3,4,0.25\n5,6,1\n")
+    export = tmp_path / "export.csv"
+    export.write_bytes(b'\xef\xbb\xbf"a","b","y"\r\n"1",2,0.5\r\n3,"4",0.25\r\n5,6,"1"\r\n\r\n\r\n')
+    a, b = ml.CsvDataset(plain), ml.CsvDataset(export)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+
+
+BAD_FLAGS = [
+    (["--epochs", "0"], "argument --epochs: must be above 0"),
+    (["--batch-size", "-3"], "argument --batch-size: must be above 0"),
+    (["--lr", "0"], "argument --lr: must be above 0"),
+    (["--lr", "-0.1"], "argument --lr: must be above 0"),
+    (["--lr", "nan"], "argument --lr: must be above 0"),
+    (["--lr", "inf"], "argument --lr: must be above 0"),
+    (["--lr", "fast"], "argument --lr: 'fast' is not float"),
+    (["--valid-ratio", "1"], "argument --valid-ratio: must be between 0 and 1"),
+    (["--patience", "0"], "argument --patience: must be above 0"),
+    (["--device", "tpu9"], "--device tpu9: unknown"),
+    (["--device", "cuda:99"], "--device cuda:99: not available on this machine"),
+    (["--shuffle"], "unrecognized arguments: --shuffle"),
+]
+if not torch.cuda.is_available():
+    BAD_FLAGS.append((["--device", "cuda"], "--device cuda: not available on this machine"))
+
+
+@pytest.mark.parametrize("flags, message", BAD_FLAGS)
+def test_a_bad_flag_is_named(capsys, previous_run, tmp_path, flags, message):
+    """Each bad flag gets one line that names it."""
+    assert message in fails(capsys, previous_run, tmp_path, *flags)
+
+
+def test_an_out_that_cannot_be_written_is_named(capsys, previous_run, tmp_path):
+    """--out under a plain file cannot be created: the flag is named, nothing is written."""
+    (tmp_path / "a_file").write_text("")
+    assert "--out" in fails(capsys, previous_run, tmp_path, "--out", tmp_path / "a_file" / "x")
+
+
+def test_the_command_line_prints_no_traceback(tmp_path):
+    """A real process: exit code 2, one line on stderr, no Python traceback."""
+    done = subprocess.run([sys.executable, ml.__file__, "--train", str(tmp_path / "none.csv")],
+                          capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr == f"error: {tmp_path / 'none.csv'}: No such file or directory\n"
+
+
+# --- Checkpoints: hostile files refused, saves that survive crashes, resume to the bit ---
+
+class Payload:
+    """Unpickling this object calls open(path, "w"): it would create the file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_a_pickle_with_a_code_payload_is_refused_and_never_runs(capsys, previous_run, tmp_path):
+    """--resume of a file whose unpickling runs code: a clear error, and the code never ran."""
+    marker, evil = tmp_path / "payload_ran", tmp_path / "evil.pt"
+    torch.save({"settings": Payload(marker)}, evil)
+    line = fails(capsys, previous_run, tmp_path, "--resume", evil)
+    assert "weights_only=True" in line and not marker.exists()
+    torch.load(evil, weights_only=False)["settings"].close()  # what the refusal prevents:
+    assert marker.exists(), "the payload is real"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", "not a checkpoint (truncated, or not from torch.save)"),
+    ("a csv", "not a checkpoint (truncated, or not from torch.save)"),
+    ("another dict", "not a minitorch_loop checkpoint"),
+])
+def test_a_damaged_or_foreign_checkpoint_is_refused(capsys, previous_run, tmp_path, damage,
+                                                    message):
+    """--resume of a torn file, of a file that is no checkpoint, or of someone else's dict."""
+    bad = tmp_path / "bad.pt"
+    last = (previous_run / "out" / "last.pt").read_bytes()
+    if damage == "truncated":
+        bad.write_bytes(last[: len(last) // 2])
+    elif damage == "a csv":
+        bad.write_bytes((previous_run / "train.csv").read_bytes())
+    else:
+        torch.save({"weights": torch.ones(3)}, bad)
+    assert f"{bad}: {message}" in fails(capsys, previous_run, tmp_path, "--resume", bad)
+
+
+def test_a_checkpoint_for_other_features_is_refused(capsys, previous_run, tmp_path):
+    """--resume with a training file of another width: named, not crashed into."""
+    x, y = regression(50, 4, seed=0)
+    other = write_csv(tmp_path / "other.csv", x, y)
+    line = fails(capsys, previous_run, tmp_path, "--train", other,
+                 "--resume", previous_run / "out" / "last.pt")
+    assert "trained on other data (3 features)" in line and "(4 features)" in line
+
+
+def test_checkpoints_hold_only_tensors_and_plain_values(previous_run):
+    """model.pt and last.pt: dicts, lists, numbers, strings and tensors, nothing else."""
+    def leaves(value):
+        if isinstance(value, dict):
+            assert all(isinstance(k, str | int) for k in value)
+            return [leaf for v in value.values() for leaf in leaves(v)]
+        if isinstance(value, list | tuple):
+            return [leaf for v in value for leaf in leaves(v)]
+        return [value]
+
+    for name in ("model.pt", "last.pt"):
+        checkpoint = torch.load(previous_run / "out" / name, weights_only=True)
+        assert all(v is None or isinstance(v, torch.Tensor | int | float | str | bool)
+                   for v in leaves(checkpoint))
+
+
+def test_a_crash_inside_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    """save_checkpoint writes beside the file and renames: a save that dies halfway leaves
+    the old checkpoint whole."""
+    path = tmp_path / "model.pt"
+    ml.save_checkpoint({"model": {"w": torch.zeros(1000)}}, path)
+
+    def dies_halfway(obj, f):
+        f.write(b"PK\x03\x04 half a zip archive")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        ml.save_checkpoint({"model": {"w": torch.ones(1000)}}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.zeros(1000))
+
+
+KEEPS_SAVING = """
+import sys, torch
+sys.path.insert(0, {root!r})
+import minitorch_loop as ml
+for i in range(10**6):
+    checkpoint = {{"i": i, "w": torch.full((2_000_000,), float(i))}}
+    print("saving", i, flush=True)
+    ml.save_checkpoint(checkpoint, {path!r})
+"""
+
+
+def test_kill_9_while_saving_leaves_a_whole_checkpoint(tmp_path):
+    """A process killed at an arbitrary moment of its saves leaves a file that loads, and
+    holds one whole checkpoint."""
+    path = tmp_path / "model.pt"
+    script = KEEPS_SAVING.format(root=str(Path(ml.__file__).parent), path=str(path))
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                          text=True) as child:
+        for _ in range(3):  # let it save twice, then kill it inside the third save
+            child.stdout.readline()
+        time.sleep(0.005)  # here: while it writes or fsyncs model.pt.tmp
+        child.send_signal(signal.SIGKILL)
+    checkpoint = torch.load(path, weights_only=True)
+    assert torch.equal(checkpoint["w"], torch.full((2_000_000,), float(checkpoint["i"])))
+
+
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
+    """Stop after 2 epochs, --resume to 4: the same weights, optimizer state, history and
+    predictions, to the bit, as 4 epochs in one go."""
+    flags = ("--epochs", "4", "--patience", "9", "--seed", "3", "--lr", "0.3")
+    whole, _, _ = run_main(tmp_path / "whole", 3, True, *flags)
+    stopped, _, _ = run_main(tmp_path / "stopped", 3, True, *flags[:-2], "--lr", "0.3",
+                             "--epochs", "2")
+    resumed, _, _ = run_main(tmp_path / "stopped", 3, True, "--epochs", "4", "--patience", "9",
+                             "--resume", str(stopped / "last.pt"))
+    a, b = (torch.load(out / "last.pt", weights_only=True) for out in (whole, resumed))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["optimizer"] == b["optimizer"] and a["history"] == b["history"]
+    assert (whole / "predictions.csv").read_bytes() == (resumed / "predictions.csv").read_bytes()
