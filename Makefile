@@ -1,9 +1,9 @@
-# make run / make test / make clean. The first two create .venv and install requirements.txt.
+# make run / make test / make bench / make clean. The first two create .venv and install requirements.txt.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test clean
+.PHONY: run test bench clean
 
 # Rebuilt whenever requirements.txt changes; the stamp marks a finished install.
 $(VENV)/installed: requirements.txt
@@ -19,6 +19,10 @@ run: $(VENV)/installed
 test: $(VENV)/installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -rs -W error
+
+# Our loop, loader and start-up beside their floors, measured side by side (not a test).
+bench: $(VENV)/installed
+	$(PY) bench.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis .ruff_cache __pycache__

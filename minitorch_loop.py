@@ -116,12 +116,8 @@ class CsvDataset(Dataset):
         features = torch.from_numpy(table[:, :-1] if labelled else table)  # (N, F) float64
         shuffled = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))
         self.valid_rows, self.train_rows = shuffled[:n_valid], shuffled[n_valid:]
-        if stats is None:
-            fit = features[self.train_rows]
-            std = fit.std(0)
-            stats = fit.mean(0), torch.where(std > 0, std, 1.0)  # a constant column becomes 0
-        self.stats = stats
-        self.x = ((features - stats[0]) / stats[1]).float()  # (N, F)
+        self.stats = column_stats(features[self.train_rows]) if stats is None else stats
+        self.x = torch.sub(features, self.stats[0]).div_(self.stats[1]).float()  # (N, F)
         self.y = torch.from_numpy(table[:, -1:]).float() if labelled else None  # (N, 1)
 
     def __len__(self):
@@ -133,11 +129,18 @@ class CsvDataset(Dataset):
         return (self.x[i],) if self.y is None else (self.x[i], self.y[i])
 
 
+def column_stats(features) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each column's mean and std; a constant column gets std 1, so it standardises to 0."""
+    std = features.std(0)
+    return features.mean(0), torch.where(std > 0, std, 1.0)
+
+
 class TensorBatchSampler(BatchSampler):
     """A BatchSampler that hands out each batch of row indices as one tensor, not a list."""
 
-    def __iter__(self):  # one list -> tensor conversion per epoch instead of one per batch
-        return iter(torch.tensor(list(self.sampler)).split(self.batch_size))
+    def __iter__(self):  # one conversion per epoch, then slices: no Python list per batch
+        order = np.fromiter(self.sampler, np.int64, len(self.sampler))
+        return iter(torch.from_numpy(order).split(self.batch_size))
 
 
 def make_loader(dataset, batch_size, shuffle) -> DataLoader:
@@ -146,11 +149,12 @@ def make_loader(dataset, batch_size, shuffle) -> DataLoader:
     The notes' DataLoader(dataset, batch_size) calls __getitem__ once per row, then stacks the
     rows into a batch (test_per_item_loader_calls_getitem_once_per_row shows it). Our rows sit
     in one tensor already, so here __getitem__ gets a whole batch of indices and answers with
-    one slice: the same batches, without the per-row calls. batch_size=None: no stacking.
+    one slice: the same batches, without the per-row calls. batch_size=None: no stacking;
+    collate_fn=tuple: the (x, y) tuple passes as it is, with nothing left to convert.
     """
     rows = RandomSampler(dataset) if shuffle else range(len(dataset))
     batches = TensorBatchSampler(rows, batch_size, drop_last=False)
-    return DataLoader(dataset, batch_size=None, sampler=batches)
+    return DataLoader(dataset, batch_size=None, sampler=batches, collate_fn=tuple)
 
 
 # --- Step 2 (notes 三): define the network, a torch.nn.Module ---
@@ -288,11 +292,11 @@ def parse_args(argv):
     p.add_argument("--train", default="data/train.csv",
                    help="training CSV: a header row, features, the target last")
     p.add_argument("--test", default="data/test.csv", help="test CSV, with or without the target")
-    p.add_argument("--epochs", type=number(int, 0), default=5,
+    p.add_argument("--epochs", type=number(int, 0), default=4,
                    help="epochs in all, resumed ones included")
     p.add_argument("--batch-size", type=number(int, 0), default=16,
                    help="rows per SGD step, as in the notes")
-    p.add_argument("--lr", type=number(float, 0), default=0.5,
+    p.add_argument("--lr", type=number(float, 0), default=0.7,
                    help="SGD learning rate; MSE through a Sigmoid has small gradients")
     p.add_argument("--seed", type=int, default=0,
                    help="fixes the split, the initial weights and the batch order")

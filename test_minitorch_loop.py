@@ -558,6 +558,26 @@ def test_train_sets_training_mode_evaluate_and_test_set_eval_mode(scratch):
         assert modes == [False] * 3
 
 
+def test_train_reads_from_the_device_per_epoch_not_per_batch(scratch, monkeypatch):
+    """No .item() (a host-device sync) per batch: the loss is summed on the device and read
+    at the end, so an epoch of 20 batches reads as often as one of 10."""
+    x, y = regression(40, 3, seed=0)
+    dataset = ml.CsvDataset(write_csv(scratch / "d.csv", x, y))
+    reads = []
+    for name in ("item", "tolist", "__float__", "__bool__"):  # each waits for the device
+        read = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda t, *a, read=read, name=name: reads.append(name) or read(t, *a))
+    counts = []
+    for batch_size in (4, 2):
+        model = ml.MLP(3)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        reads.clear()
+        ml.train(model, ml.make_loader(dataset, batch_size, True), nn.MSELoss(), optimizer, "cpu")
+        counts.append(len(reads))
+    assert counts[0] == counts[1] < 10, f"reads for 10 and 20 batches: {counts}"
+
+
 def test_one_epoch_lowers_the_loss_on_the_bundled_data():
     """One epoch of train() on data/train.csv lowers the mean loss over the training rows."""
     torch.manual_seed(0)
