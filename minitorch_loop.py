@@ -7,6 +7,7 @@ train / validate / test loops, saving and loading, and main(), which runs them i
     python minitorch_loop.py                        # train on data/, predict data/test.csv
     python minitorch_loop.py --resume runs/last.pt  # continue a stopped run, bit for bit
     python minitorch_loop.py --help                 # every flag, with its default
+    torchrun --standalone --nproc_per_node=2 minitorch_loop.py   # the same, on 2 processes
 
 Inputs are checked where they enter (reading a CSV, parsing flags, loading a checkpoint), all
 before anything is written; a bad one stops the run with one line naming it, and exit code 2.
@@ -27,8 +28,10 @@ import zipfile
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data.distributed import DistributedSampler
 
 
 class InputError(Exception):
@@ -102,9 +105,8 @@ class CsvDataset(Dataset):
         if n_features < 1:
             raise InputError(f"{path}: one column; it needs features, then the target last")
         if n_columns not in (n_features, n_features + 1):
-            raise InputError(f"{path}: {n_columns} columns; the training file's {n_features} "
-                             f"features, with the target or without, make {n_features + 1} "
-                             f"or {n_features}")
+            raise InputError(f"{path}: {n_columns} columns; expected the training file's "
+                             f"{n_features} features, with the target after them or without")
         labelled = n_columns == n_features + 1
         if labelled and not ((table[:, -1] >= 0) & (table[:, -1] <= 1)).all():
             raise InputError(f"{path}: target {header[-1]} runs from {table[:, -1].min():g} to "
@@ -143,16 +145,17 @@ class TensorBatchSampler(BatchSampler):
         return iter(torch.from_numpy(order).split(self.batch_size))
 
 
-def make_loader(dataset, batch_size, shuffle) -> DataLoader:
-    """The one place loaders are built: a new random order each epoch, or the file's order.
+def make_loader(dataset, batch_size, shuffle, rows=None) -> DataLoader:
+    """The one place loaders are built: a new random order each epoch, or the file's order,
+    or `rows`, any sampler of row indices (under torchrun, a DistributedSampler).
 
-    The notes' DataLoader(dataset, batch_size) calls __getitem__ once per row, then stacks the
-    rows into a batch (test_per_item_loader_calls_getitem_once_per_row shows it). Our rows sit
-    in one tensor already, so here __getitem__ gets a whole batch of indices and answers with
-    one slice: the same batches, without the per-row calls. batch_size=None: no stacking;
-    collate_fn=tuple: the (x, y) tuple passes as it is, with nothing left to convert.
+    The notes' DataLoader(dataset, batch_size) calls __getitem__ once per row and stacks the
+    rows (test_per_item_loader_calls_getitem_once_per_row). Our rows sit in one tensor, so
+    here __getitem__ gets a batch of indices and answers with one slice: the same batches,
+    faster. batch_size=None: nothing to stack; collate_fn=tuple: nothing to convert.
     """
-    rows = RandomSampler(dataset) if shuffle else range(len(dataset))
+    if rows is None:
+        rows = RandomSampler(dataset) if shuffle else range(len(dataset))
     batches = TensorBatchSampler(rows, batch_size, drop_last=False)
     return DataLoader(dataset, batch_size=None, sampler=batches, collate_fn=tuple)
 
@@ -220,11 +223,9 @@ def test(model, loader, device) -> torch.Tensor:
 
 
 def replace_atomically(path, write):
-    """Write a file with `write(f)` into a temporary file beside `path`, then rename it.
-
-    os.replace is atomic: a crash or kill -9 at any moment leaves the old file or the new
-    one, never half of one. fsync first, so a power cut cannot reorder the two either.
-    """
+    """Write a file with `write(f)` into a temporary file beside `path`, then rename it: a
+    crash or kill -9 at any moment leaves the old file or the new one, never half of one
+    (os.replace is atomic, and fsync first means a power cut cannot reorder the two)."""
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         write(f)
@@ -275,14 +276,12 @@ class ArgumentParser(argparse.ArgumentParser):
 def number(kind, low, high=math.inf):
     """An argparse type: a `kind` (int or float) strictly between `low` and `high`."""
     def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {kind.__name__}") from None
+        value = kind(text)  # on a ValueError argparse says "invalid <__name__> value: ..."
         if not low < value < high:  # NaN fails this too
             limits = f"above {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
             raise argparse.ArgumentTypeError(f"must be {limits}, got {text}")
         return value
+    parse.__name__ = kind.__name__
     return parse
 
 
@@ -315,16 +314,14 @@ def parse_args(argv):
 
 
 def pick_device(name) -> torch.device:
-    if name == "auto":
-        name = ("cuda" if torch.cuda.is_available() else
-                "mps" if torch.backends.mps.is_available() else "cpu")
+    """auto takes a CUDA GPU, else Apple's MPS, else the CPU; a named device must be there."""
+    gpus, mps = torch.cuda.device_count(), torch.backends.mps.is_available()
+    name = ("cuda" if gpus else "mps" if mps else "cpu") if name == "auto" else name
     try:
         device = torch.device(name)
     except RuntimeError:
         raise InputError(f"--device {name}: unknown; use auto, cpu, cuda, cuda:N or mps") from None
-    there = {"cpu": True, "mps": torch.backends.mps.is_available(),
-             "cuda": (device.index or 0) < torch.cuda.device_count()}
-    if not there.get(device.type, False):
+    if not {"cpu": True, "mps": mps, "cuda": (device.index or 0) < gpus}.get(device.type):
         raise InputError(f"--device {name}: not available on this machine")
     return device
 
@@ -357,20 +354,25 @@ def fit(model, optimizer, loaders, criterion, device, args, run):
     """Train until args.epochs or early stopping. After each epoch, save last.pt (all of
     `run`, to resume from) and, when validation improved, model.pt (the best model)."""
     train_loader, valid_loader = loaders
+    net = getattr(model, "module", model)  # under torchrun, the model inside the DDP wrapper
     for epoch in range(run["epoch"] + 1, args.epochs + 1):
         start = time.perf_counter()
+        if dist.is_initialized():  # DistributedSampler: a new order each epoch, alike on all
+            train_loader.sampler.sampler.set_epoch(epoch)
         train_loss = train(model, train_loader, criterion, optimizer, device)
         valid_loss = evaluate(model, valid_loader, criterion, device)
+        train_loss, valid_loss = mean_over_ranks([train_loss, valid_loss], device)
         run["history"].append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss})
         improved = valid_loss < run["best_loss"]  # validation picks the model, never the test set
         if improved:  # model.pt: what a later prediction needs
-            best = {"model": copy.deepcopy(model.state_dict()), "mean": run["mean"],
-                    "std": run["std"]}
-            run.update(best_loss=valid_loss, best_epoch=epoch, best=best)
-            save_checkpoint(best, f"{args.out}/model.pt")
-        run.update(epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+            run.update(best_loss=valid_loss, best_epoch=epoch, best={
+                "model": copy.deepcopy(net.state_dict()), "mean": run["mean"], "std": run["std"]})
+        run.update(epoch=epoch, model=net.state_dict(), optimizer=optimizer.state_dict(),
                    rng=torch.get_rng_state())
-        save_checkpoint(run, f"{args.out}/last.pt")
+        if writes_files():
+            if improved:
+                save_checkpoint(run["best"], f"{args.out}/model.pt")
+            save_checkpoint(run, f"{args.out}/last.pt")
         print(f"epoch {epoch:3d} | train {train_loss:.5f} | valid {valid_loss:.5f} | "
               f"{time.perf_counter() - start:.2f}s{' *' if improved else ''}")
         if epoch - run["best_epoch"] >= args.patience:
@@ -381,10 +383,8 @@ def fit(model, optimizer, loaders, criterion, device, args, run):
 
 
 def report(out, preds, targets, guess, run):
-    """Write predictions.csv (one row per test row, in order) and metrics.json; print the score.
-
-    `guess` is the mean training target: what a model that learned nothing would predict.
-    """
+    """Write predictions.csv (one row per test row, in order) and metrics.json; print the
+    test MSE beside that of `guess`, the mean training target: a model that learned nothing."""
     test_mse = None if targets is None else nn.functional.mse_loss(preds, targets).item()
     rows = "".join(f"{i},{p:.6f}\n" for i, p in enumerate(preds.squeeze(1).tolist()))
     metrics = {"history": run["history"], "best_epoch": run["best_epoch"], "test_mse": test_mse}
@@ -399,6 +399,37 @@ def report(out, preds, targets, guess, run):
               f"always predicting the mean training target scores {baseline:.5f}")
 
 
+# --- Scaling out: torchrun starts N copies of this file (ranks) that train as one ---
+
+def start_distributed(device) -> torch.device:
+    """Under torchrun (it sets LOCAL_RANK), join the process group: nccl between GPUs (one a
+    rank), gloo between CPU processes; only rank 0 prints. A plain run is left as it is."""
+    if "LOCAL_RANK" not in os.environ:
+        return device
+    if device.type == "cuda":
+        device = pick_device(f"cuda:{os.environ['LOCAL_RANK']}")
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not writes_files():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+    return device
+
+
+def writes_files() -> bool:
+    """A plain run, or rank 0 of a torchrun job: the one process that writes files."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def mean_over_ranks(values, device) -> list[float]:
+    """Under torchrun, each number averaged over the ranks. Every rank validates all the rows
+    with the same weights: the one-process number, which averaging keeps, on every rank."""
+    if not dist.is_initialized():
+        return values
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return (total / dist.get_world_size()).tolist()
+
+
 SETTINGS = ("seed", "lr", "batch_size", "valid_ratio")  # what --resume takes from last.pt
 RESUME_KEYS = ("settings", "mean", "epoch", "model", "optimizer", "rng", "best")
 
@@ -410,30 +441,37 @@ def main(argv=None):
         if resumed:  # the stopped run's settings fix its data split and batch order
             vars(args).update(resumed["settings"])
         torch.manual_seed(args.seed)  # one seed fixes the initial weights and the batch order
-        device = pick_device(args.device)
+        device = start_distributed(pick_device(args.device))
         # Step 1: the data. Validation rows come out of the training CSV (seeded, repeatable).
         data = CsvDataset(args.train, valid_ratio=args.valid_ratio, seed=args.seed)
         test_set = CsvDataset(args.test, stats=data.stats)
-        loaders = (make_loader(Subset(data, data.train_rows), args.batch_size, shuffle=True),
+        train_set = Subset(data, data.train_rows)
+        shares = DistributedSampler(train_set, seed=args.seed) if dist.is_initialized() else None
+        loaders = (make_loader(train_set, args.batch_size, shuffle=True, rows=shares),
                    make_loader(Subset(data, data.valid_rows), args.batch_size, shuffle=False))
         # Steps 2-4: the model on its device, the loss, the optimizer.
         model = MLP(data.x.shape[1]).to(device)
         criterion = nn.MSELoss()
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0)
-        run = start_or_resume(args, model, optimizer, data.stats, resumed or None)
+        run = start_or_resume(args, model, optimizer, data.stats, resumed)
         make_out_dir(args.out)  # the last check: from here on, files are written
-        if args.resume:  # the best model so far, in this --out too
+        if resumed and writes_files():  # the best model so far, in this --out too
             save_checkpoint(run["best"], f"{args.out}/model.pt")
+        if dist.is_initialized():  # DDP: backward() averages the gradients over the ranks
+            model = nn.parallel.DistributedDataParallel(model)
         print(f"{len(data.train_rows)} training rows, {len(data.valid_rows)} validation rows, "
               f"{data.x.shape[1]} features; device {device}")
         fit(model, optimizer, loaders, criterion, device, args, run)
-        # Reload the best weights, as a later prediction would, and predict the test set.
-        model, _ = load_model(f"{args.out}/model.pt", device)
-        preds = test(model, make_loader(test_set, args.batch_size, shuffle=False), device)
-        report(args.out, preds, test_set.y, data.y[data.train_rows].mean(), run)
+        if writes_files():  # reload the best weights, as a later prediction would; predict
+            model, _ = load_model(f"{args.out}/model.pt", device)
+            preds = test(model, make_loader(test_set, args.batch_size, shuffle=False), device)
+            report(args.out, preds, test_set.y, data.y[data.train_rows].mean(), run)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import nn
 from torch.func import functional_call
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
+from torch.utils.data.distributed import DistributedSampler
 
 import minitorch_loop as ml  # not `from ... import test`: pytest would collect it as a test
 
@@ -702,9 +705,9 @@ def test_main_builds_the_notes_loaders_and_optimizer(tmp_path, monkeypatch):
     """The notes: shuffle=True for training only; SGD with the given lr and momentum 0."""
     loaders, optimizers = [], []
 
-    def recording_make_loader(dataset, batch_size, shuffle):
+    def recording_make_loader(dataset, batch_size, shuffle, **rows):
         loaders.append((len(dataset), shuffle))
-        return make_loader(dataset, batch_size, shuffle)
+        return make_loader(dataset, batch_size, shuffle, **rows)
 
     class RecordingSGD(torch.optim.SGD):
         def __init__(self, *args, **kwargs):
@@ -790,13 +793,12 @@ def test_a_missing_file_or_a_directory_is_named(capsys, previous_run, tmp_path, 
                                                     "--train", tmp_path / name)
 
 
-@pytest.mark.parametrize("columns, message", [(2, "2 columns; the training file's 3 features"),
-                                              (5, "5 columns")])
-def test_a_test_csv_must_have_the_training_features(capsys, previous_run, tmp_path, columns,
-                                                    message):
+@pytest.mark.parametrize("columns", [2, 5])
+def test_a_test_csv_must_have_the_training_features(capsys, previous_run, tmp_path, columns):
     """A test CSV has the training file's F feature columns, and maybe the target: F or F+1."""
     bad = write_csv(tmp_path / "test.csv", np.full((4, columns), 0.5))
-    assert message in fails(capsys, previous_run, tmp_path, "--test", bad)
+    assert f"{bad}: {columns} columns; expected the training file's 3 features" in fails(
+        capsys, previous_run, tmp_path, "--test", bad)
 
 
 def test_a_test_csv_with_targets_outside_0_1_is_refused(capsys, previous_run, tmp_path):
@@ -822,7 +824,7 @@ BAD_FLAGS = [
     (["--lr", "-0.1"], "argument --lr: must be above 0"),
     (["--lr", "nan"], "argument --lr: must be above 0"),
     (["--lr", "inf"], "argument --lr: must be above 0"),
-    (["--lr", "fast"], "argument --lr: 'fast' is not float"),
+    (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
     (["--valid-ratio", "1"], "argument --valid-ratio: must be between 0 and 1"),
     (["--patience", "0"], "argument --patience: must be above 0"),
     (["--device", "tpu9"], "--device tpu9: unknown"),
@@ -974,3 +976,107 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["optimizer"] == b["optimizer"] and a["history"] == b["history"]
     assert (whole / "predictions.csv").read_bytes() == (resumed / "predictions.csv").read_bytes()
+
+
+# --- Scaling out: torchrun and DistributedDataParallel (CPU, gloo, 2 processes) ---
+
+DDP_LR = 0.5
+
+
+def ddp_one_epoch(rank, init_file, csv_path, batch_size, out_dir):
+    """Rank `rank` of 2: one train() epoch on its DistributedSampler share, wrapped in DDP as
+    main() wraps it; saves its weights and the batches of row indices it trained on."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        dataset = CountingDataset(csv_path)
+        dataset.calls = []
+        torch.manual_seed(0)
+        model = nn.parallel.DistributedDataParallel(ml.MLP(dataset.x.shape[1]))
+        loader = ml.make_loader(dataset, batch_size, shuffle=True,
+                                rows=DistributedSampler(dataset, seed=0))
+        optimizer = torch.optim.SGD(model.parameters(), lr=DDP_LR)
+        ml.train(model, loader, nn.MSELoss(), optimizer, "cpu")
+        torch.save({"model": model.module.state_dict(), "batches": dataset.calls},
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_of_batch_b_step_as_one_process_of_batch_2b(tmp_path):
+    """What makes DDP correct: averaging the gradients of 2 ranks of b rows each is one SGD
+    step on their 2b rows, so after an epoch both ranks hold the weights that one process
+    gets from batches of 2b in the same order (23 rows a rank: 5+5+5+5+3, a short last one)."""
+    x, y = regression(46, 3, seed=0)
+    path = write_csv(tmp_path / "d.csv", x, y)
+    torch.multiprocessing.spawn(ddp_one_epoch, nprocs=2,
+                                args=(str(tmp_path / "init"), str(path), 5, str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    dataset = ml.CsvDataset(path)
+    torch.manual_seed(0)
+    reference = ml.MLP(3)  # the ranks' initial weights
+    for mine, theirs in zip(ranks[0]["batches"], ranks[1]["batches"], strict=True):
+        rows = torch.cat([mine, theirs])  # one process, one batch of 2b rows
+        reference.zero_grad()
+        nn.functional.mse_loss(reference(dataset.x[rows]), dataset.y[rows]).backward()
+        with torch.no_grad():
+            for p in reference.parameters():
+                p -= DDP_LR * p.grad  # SGD by hand
+    assert sorted(torch.cat([*ranks[0]["batches"], *ranks[1]["batches"]]).tolist()) == list(
+        range(46)), "the two shares make the whole epoch"
+    for rank in ranks:
+        for name, p in reference.state_dict().items():
+            close(rank["model"][name].numpy(), p.numpy())
+
+
+def test_torchrun_on_two_processes_trains_as_one_run(tmp_path):
+    """torchrun --nproc_per_node=2: exit 0, each epoch printed once, no warning; last.pt holds
+    the weights of one process stepping on both ranks' batches together, with a new order each
+    epoch (DistributedSampler: a permutation seeded with seed + epoch, rank r taking every
+    second index from r); the reported valid loss is the one-process number."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", ml.__file__, "--epochs", "2",
+         "--lr", str(DDP_LR), "--train", str(DATA / "train.csv"), "--test",
+         str(DATA / "test.csv"), "--out", "out"],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})  # else torchrun prints a notice about it
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert [line[:9] for line in done.stdout.splitlines() if line.startswith("epoch")] == [
+        "epoch   1", "epoch   2"]
+    data = ml.CsvDataset(DATA / "train.csv", valid_ratio=0.2, seed=0)
+    torch.manual_seed(0)
+    reference = ml.MLP(32)  # main()'s initial weights for seed 0
+    for epoch in (1, 2):
+        order = torch.randperm(4800, generator=torch.Generator().manual_seed(0 + epoch))
+        for k in range(0, 2400, 16):  # 16 rows from each rank's share: one step on 32
+            rows = data.train_rows[torch.cat([order[0::2][k:k + 16], order[1::2][k:k + 16]])]
+            reference.zero_grad()
+            nn.functional.mse_loss(reference(data.x[rows]), data.y[rows]).backward()
+            with torch.no_grad():
+                for p in reference.parameters():
+                    p -= DDP_LR * p.grad
+    last = torch.load(tmp_path / "out" / "last.pt", weights_only=True)
+    for name, p in reference.state_dict().items():
+        close(last["model"][name].numpy(), p.numpy())
+    model, _ = ml.load_model(tmp_path / "out" / "model.pt")
+    valid = ml.make_loader(Subset(data, data.valid_rows), 16, shuffle=False)
+    best = metrics(tmp_path / "out")["best_epoch"]
+    assert metrics(tmp_path / "out")["history"][best - 1]["valid_loss"] == ml.evaluate(
+        model, valid, nn.MSELoss(), "cpu")
+
+
+def test_the_process_group_is_torn_down_after_a_run_and_after_an_error(tmp_path, monkeypatch,
+                                                                       capsys):
+    """Under torchrun's environment (here a world of one), main() joins the process group and
+    leaves it at the end, and also when a bad input stops the run."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "1")
+    assert not dist.is_initialized() and metrics(out)["best_epoch"] == 1
+    with pytest.raises(SystemExit):
+        ml.main(["--train", str(tmp_path / "missing.csv"), "--out", str(out)])
+    assert not dist.is_initialized() and "missing.csv" in capsys.readouterr().err
