@@ -1,4 +1,6 @@
-"""The rules of the notes as executable lessons, in the notes' order (一 to 六).
+"""The rules of the notes as executable lessons, in the notes' order (一 to 六), then what a
+loop one can trust adds: bad input refused, checkpoints that survive crashes, exact resume,
+and torchrun.
 
 Each test states one rule in its name and docstring, and checks it against an independent
 computation (by hand, in float64 NumPy), never against the code under test.
