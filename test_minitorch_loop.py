@@ -985,6 +985,15 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
 DDP_LR = 0.5
 
 
+def sgd_step_by_hand(model, x, y):
+    """One step of plain SGD on the mean squared error of (x, y), written out."""
+    model.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= DDP_LR * p.grad
+
+
 def ddp_one_epoch(rank, init_file, csv_path, batch_size, out_dir):
     """Rank `rank` of 2: one train() epoch on its DistributedSampler share, wrapped in DDP as
     main() wraps it; saves its weights and the batches of row indices it trained on."""
@@ -1018,11 +1027,7 @@ def test_two_ranks_of_batch_b_step_as_one_process_of_batch_2b(tmp_path):
     reference = ml.MLP(3)  # the ranks' initial weights
     for mine, theirs in zip(ranks[0]["batches"], ranks[1]["batches"], strict=True):
         rows = torch.cat([mine, theirs])  # one process, one batch of 2b rows
-        reference.zero_grad()
-        nn.functional.mse_loss(reference(dataset.x[rows]), dataset.y[rows]).backward()
-        with torch.no_grad():
-            for p in reference.parameters():
-                p -= DDP_LR * p.grad  # SGD by hand
+        sgd_step_by_hand(reference, dataset.x[rows], dataset.y[rows])
     assert sorted(torch.cat([*ranks[0]["batches"], *ranks[1]["batches"]]).tolist()) == list(
         range(46)), "the two shares make the whole epoch"
     for rank in ranks:
@@ -1052,11 +1057,7 @@ def test_torchrun_on_two_processes_trains_as_one_run(tmp_path):
         order = torch.randperm(4800, generator=torch.Generator().manual_seed(0 + epoch))
         for k in range(0, 2400, 16):  # 16 rows from each rank's share: one step on 32
             rows = data.train_rows[torch.cat([order[0::2][k:k + 16], order[1::2][k:k + 16]])]
-            reference.zero_grad()
-            nn.functional.mse_loss(reference(data.x[rows]), data.y[rows]).backward()
-            with torch.no_grad():
-                for p in reference.parameters():
-                    p -= DDP_LR * p.grad
+            sgd_step_by_hand(reference, data.x[rows], data.y[rows])
     last = torch.load(tmp_path / "out" / "last.pt", weights_only=True)
     for name, p in reference.state_dict().items():
         close(last["model"][name].numpy(), p.numpy())
