@@ -56,13 +56,24 @@ def floor_epoch(model, x, y, criterion, optimizer, batch_size):
         optimizer.step()
 
 
+class GetitemsDataset(ml.CsvDataset):
+    """PyTorch's own batch hook: the DataLoader hands __getitems__ each batch's row indices."""
+
+    def __getitems__(self, rows):  # a list of ints -> (x (B, F), y (B, 1)), one slice each
+        return self[torch.tensor(rows)]
+
+
 def epoch_times(data, batch_size, device):
-    """Median epoch times: our train(), train() over the notes' per-item DataLoader, the floor."""
+    """Median epoch times: our train() over make_loader, over the notes' per-item DataLoader,
+    and over a DataLoader of __getitems__ batches; and the floor."""
     train_set = Subset(data, data.train_rows)
     x, y = data.x[data.train_rows].to(device), data.y[data.train_rows].to(device)
     criterion = nn.MSELoss()
+    getitems = GetitemsDataset(ROOT / "data" / "train.csv", valid_ratio=0.2, seed=0)
     loaders = {"ours": ml.make_loader(train_set, batch_size, shuffle=True),
-               "per_item": DataLoader(train_set, batch_size, shuffle=True)}  # the notes' way
+               "per_item": DataLoader(train_set, batch_size, shuffle=True),  # the notes' way
+               "getitems": DataLoader(Subset(getitems, data.train_rows.tolist()), batch_size,
+                                      shuffle=True, collate_fn=tuple)}  # (x, y) as it comes
 
     def contender(name):
         torch.manual_seed(0)
@@ -72,8 +83,7 @@ def epoch_times(data, batch_size, device):
             return lambda: floor_epoch(model, x, y, criterion, optimizer, batch_size)
         return lambda: ml.train(model, loaders[name], criterion, optimizer, device)
 
-    return side_by_side({name: contender(name) for name in ("ours", "per_item", "floor")},
-                        device)
+    return side_by_side({name: contender(name) for name in (*loaders, "floor")}, device)
 
 
 def loop_rows(device):
@@ -85,6 +95,8 @@ def loop_rows(device):
         rows.append((f"`train` epoch ({where}), s", times["ours"], "in-memory floor",
                      times["floor"]))
         rows.append((f"per-item DataLoader epoch ({where}), s", times["per_item"],
+                     "in-memory floor", times["floor"]))
+        rows.append((f"`__getitems__` DataLoader epoch ({where}), s", times["getitems"],
                      "in-memory floor", times["floor"]))
     return rows
 

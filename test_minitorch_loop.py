@@ -90,7 +90,8 @@ def indexed_dataset(scratch, n, n_features=2):
     """n rows whose feature 0 is the row number and whose target is row / n; no scaling."""
     x = np.column_stack([np.arange(n)] + [np.ones(n)] * (n_features - 1))
     path = write_csv(scratch / "indexed.csv", x, np.arange(n) / n)
-    return ml.CsvDataset(path, stats=(torch.zeros(n_features), torch.ones(n_features)))
+    return ml.CsvDataset(path, stats=ml.FeatureStats(torch.zeros(n_features),
+                                                     torch.ones(n_features)))
 
 
 def standardised(x, fit_rows=slice(None)):
@@ -166,6 +167,17 @@ def test_unlabelled_file_yields_features_only(tmp_path):
     np.testing.assert_allclose(unlabelled.x.numpy(), train.x[:5].numpy())
 
 
+@pytest.mark.parametrize("labelled", [True, False])
+def test_a_test_file_of_one_row_is_read(tmp_path, labelled):
+    """The rule "at least 2 rows to train on" is the training file's; a test file may hold one."""
+    x, y = regression(20, 3, seed=2)
+    train = ml.CsvDataset(write_csv(tmp_path / "train.csv", x, y))
+    one = ml.CsvDataset(write_csv(tmp_path / "one.csv", x[:1], y[:1] if labelled else None),
+                        stats=train.stats)
+    assert len(one) == 1
+    np.testing.assert_allclose(one.x.numpy(), train.x[:1].numpy())
+
+
 @given(n=rows, batch_size=batch_sizes, shuffle=st.booleans())
 def test_loader_yields_ceil_n_over_b_batches_and_a_short_last_one(scratch, n, batch_size,
                                                                   shuffle):
@@ -210,7 +222,7 @@ def test_per_item_loader_calls_getitem_once_per_row(scratch, n, batch_size):
     (make_loader) once per batch, with the batch's indices."""
     x = np.arange(2 * n, dtype=float).reshape(n, 2)
     dataset = CountingDataset(write_csv(scratch / "count.csv", x, np.zeros(n)),
-                              stats=(torch.zeros(2), torch.ones(2)))
+                              stats=ml.FeatureStats(torch.zeros(2), torch.ones(2)))
     dataset.calls = []
     for _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         pass
@@ -707,9 +719,9 @@ def test_main_builds_the_notes_loaders_and_optimizer(tmp_path, monkeypatch):
     """The notes: shuffle=True for training only; SGD with the given lr and momentum 0."""
     loaders, optimizers = [], []
 
-    def recording_make_loader(dataset, batch_size, shuffle, **rows):
+    def recording_make_loader(dataset, batch_size, shuffle, **sampler):
         loaders.append((len(dataset), shuffle))
-        return make_loader(dataset, batch_size, shuffle, **rows)
+        return make_loader(dataset, batch_size, shuffle, **sampler)
 
     class RecordingSGD(torch.optim.SGD):
         def __init__(self, *args, **kwargs):
@@ -898,13 +910,19 @@ def test_a_damaged_or_foreign_checkpoint_is_refused(capsys, previous_run, tmp_pa
     assert f"{bad}: {message}" in fails(capsys, previous_run, tmp_path, "--resume", bad)
 
 
-def test_a_checkpoint_for_other_features_is_refused(capsys, previous_run, tmp_path):
-    """--resume with a training file of another width: named, not crashed into."""
-    x, y = regression(50, 4, seed=0)
+@pytest.mark.parametrize("n_features, message", [
+    (4, "the stopped run trained on 3 features; {train} has 4"),
+    (3, "the stopped run trained on other rows than those of {train}"),
+])
+def test_a_checkpoint_for_other_data_is_refused(capsys, previous_run, tmp_path, n_features,
+                                                message):
+    """--resume with a training file of another width, or of the same width and other rows:
+    named, not crashed into."""
+    x, y = regression(50, n_features, seed=0)
     other = write_csv(tmp_path / "other.csv", x, y)
     line = fails(capsys, previous_run, tmp_path, "--train", other,
                  "--resume", previous_run / "out" / "last.pt")
-    assert "trained on other data (3 features)" in line and "(4 features)" in line
+    assert message.format(train=other) in line
 
 
 def test_checkpoints_hold_only_tensors_and_plain_values(previous_run):
@@ -1004,7 +1022,7 @@ def ddp_one_epoch(rank, init_file, csv_path, batch_size, out_dir):
         torch.manual_seed(0)
         model = nn.parallel.DistributedDataParallel(ml.MLP(dataset.x.shape[1]))
         loader = ml.make_loader(dataset, batch_size, shuffle=True,
-                                rows=DistributedSampler(dataset, seed=0))
+                                sampler=DistributedSampler(dataset, seed=0))
         optimizer = torch.optim.SGD(model.parameters(), lr=DDP_LR)
         ml.train(model, loader, nn.MSELoss(), optimizer, "cpu")
         torch.save({"model": model.module.state_dict(), "batches": dataset.calls},
