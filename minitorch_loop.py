@@ -14,10 +14,14 @@ import argparse
 import contextlib
 import copy
 import csv
+import fcntl
+import hashlib
+import io
 import json
 import math
 import os
 import pickle
+import shlex
 import sys
 import tempfile
 import time
@@ -190,6 +194,7 @@ def fit(model, loaders, criterion, optimizer, device, stats, args, run):
         train_loss = train(ddp_model, train_loader, criterion, optimizer, device)
         valid_loss = evaluate(model, valid_loader, criterion, device)  # the same weights
         train_loss, valid_loss = mean_over_ranks([train_loss, valid_loss], device)  # Part 2
+        check_finite(epoch, train_loss, valid_loss, args)  # Part 2: diverged? stop, save nothing
         improved = valid_loss < run["best_loss"]  # validation picks the model, never the test set
         if improved:
             run.update(best_loss=valid_loss, best_epoch=epoch)
@@ -200,12 +205,11 @@ def fit(model, loaders, criterion, optimizer, device, stats, args, run):
         if epoch - run["best_epoch"] >= args.patience:
             print(f"no better valid loss for {args.patience} epochs: stopping early")
             break
-    check_a_model_was_found(run, args.lr)  # Part 2: a loss that was never finite: one line
 
 
 def main(argv=None):
     """The run (六.1): data, loaders, model on its device, loss, optimizer; epochs; the test."""
-    with one_line_errors():  # Part 2: a bad file or flag stops the run with one line, exit 2
+    with one_line_errors(argv) as cleanup:  # Part 2: bad input, Ctrl-C: one line, no traceback
         args = parse_args(argv)  # Part 2: the flags, each checked
         stopped = load_stopped_run(args)  # Part 2: with --resume, the stopped run's settings
         torch.manual_seed(args.seed)  # one seed fixes the initial weights and the batch order
@@ -221,7 +225,7 @@ def main(argv=None):
         model = MLP(data.x.shape[1]).to(device)
         criterion = make_criterion()
         optimizer = make_optimizer(model, args.lr)
-        run = new_or_resumed_run(stopped, model, optimizer, data, device, args)  # Part 2
+        run = new_or_resumed_run(stopped, model, optimizer, data, device, args, cleanup)  # Part 2
         fit(model, loaders, criterion, optimizer, device, data.stats, args, run)
         if writes_files():  # the best model, loaded back as a later prediction would load it
             model, _ = load_model(f"{args.out}/model.pt", device)
@@ -240,25 +244,75 @@ class InputError(Exception):
 
 
 @contextlib.contextmanager
-def one_line_errors():
-    """An InputError ends the run with one line on stderr and exit code 2, no traceback;
-    under torchrun the process group is left, whatever ends the run."""
+def one_line_errors(argv):
+    """The run's guard. An InputError ends it with one line on stderr and exit code 2, Ctrl-C
+    with one line that says how to go on and exit code 130; no traceback either way (and under
+    torchrun, from rank 0 only). Output to a closed pipe (| head) is dropped, not fatal. Yields
+    an ExitStack for what must be undone at the end (the lock on --out); under torchrun the
+    process group is left, whatever ends the run."""
+    started, stdout = time.time(), sys.stdout
+    sys.stdout = QuietWhenPipeCloses(stdout)
     try:
-        yield
+        with contextlib.ExitStack() as cleanup:
+            yield cleanup
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say_error(f"error: {e}")
         sys.exit(2)
+    except KeyboardInterrupt:
+        say_error(interrupted(sys.argv[1:] if argv is None else argv, started))
+        sys.exit(130)
     finally:
+        sys.stdout = stdout
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
+def say_error(line):
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same error
+        print(line, file=sys.stderr)
+
+
+def interrupted(argv, started) -> str:
+    """What Ctrl-C leaves: the last finished epoch in last.pt, if this run saved one."""
+    args = parse_args(argv)
+    last = f"{args.out}/last.pt"
+    if not os.path.exists(last) or os.path.getmtime(last) < started:
+        return f"interrupted before an epoch ended: {args.out} is as it was"
+    flags = [a for a, prev in zip(argv, [None, *argv], strict=False)
+             if "--resume" not in (prev, a.split("=")[0])]  # drop an old --resume X
+    command = shlex.join(["python", "minitorch_loop.py", *flags, "--resume", last])
+    return f"interrupted: {last} holds the last finished epoch; go on with: {command}"
+
+
+class QuietWhenPipeCloses:
+    """sys.stdout for the run. When the program reading a pipe exits (| head -1), print would
+    raise BrokenPipeError and stop the run halfway through its files; instead the rest of the
+    output goes to os.devnull."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            self.stream.write(text)
+            self.stream.flush()  # now, while we can catch it, not at exit
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        return len(text)
+
+    def __getattr__(self, name):  # flush, fileno, isatty, ...: the stream's own
+        return getattr(self.stream, name)
+
+
 # --- Reading a CSV: numbers, or one line that says where the file breaks ---
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model computes in float32
+
+
 def read_table(path, stats=None, valid_ratio=0.0) -> tuple[np.ndarray, np.ndarray | None]:
     """A training CSV (stats=None: features, then the target), or a file read with a training
     file's `stats` (its features, the target optional), as float64 numbers: features (N, F)
     and targets (N, 1), or None. A training file must leave rows to train on after valid_ratio."""
-    header, table = read_csv(path)
+    header, table = read_csv(path, stats)
     n_rows, n_columns = table.shape
     n_features = n_columns - 1 if stats is None else len(stats.mean)
     if n_features < 1:
@@ -278,31 +332,60 @@ def read_table(path, stats=None, valid_ratio=0.0) -> tuple[np.ndarray, np.ndarra
     return table[:, :n_features], target
 
 
-def read_csv(path) -> tuple[list[str], np.ndarray]:
-    """A numeric CSV with a header row -> (column names, (N, C) float64 table)."""
+def read_csv(path, stats=None) -> tuple[list[str], np.ndarray]:
+    """A numeric CSV with a header row -> (column names, (N, C) float64 table), read once (a
+    pipe, as in --train <(...), cannot be read twice). Every cell must fit float32, the model's
+    dtype, and with a training file's `stats` so must the standardised features."""
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: drop a BOM
+        with open(path, encoding="utf-8-sig", newline="") as file:  # utf-8-sig: drop a BOM
+            f = file if file.seekable() else io.StringIO(file.read())
             header = next(csv.reader(f), None)
-        with warnings.catch_warnings(action="ignore"):  # numpy warns on a header-only file
-            table = np.loadtxt(path, delimiter=",", quotechar='"', skiprows=1, ndmin=2,
-                               comments=None, encoding="utf-8-sig")
+            table = numbers_after_the_header(f)
+            check_header(path, header, table)
+            if table is None or table.shape[1] != len(header):
+                raise InputError(f"{path}: {first_bad_cell(f, header)}")
+            bad = np.argwhere(~(np.abs(standardised(table, stats)) <= FLOAT32_MAX))  # NaN too
+            if len(bad):
+                raise InputError(f"{path}: {first_bad_cell(f, header, *bad[0])}")
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
-    except (UnicodeDecodeError, csv.Error):  # invalid UTF-8, or NUL bytes
+    except UnicodeDecodeError:
         raise InputError(f"{path}: not a text file (binary data?)") from None
-    except ValueError:  # numpy met something that is not a number: first_bad_cell finds it
-        table = None
+    except csv.Error as e:  # NUL bytes, a cell of over 131072 characters
+        raise InputError(f"{path}: not a table of numbers ({e})") from None
+    return header, table
+
+
+def numbers_after_the_header(f) -> np.ndarray | None:
+    """The rest of `f` as an (N, C) table, parsed by numpy (C code), or None if it is not one."""
+    try:
+        with warnings.catch_warnings(action="ignore"):  # numpy warns on a header-only file
+            return np.loadtxt(f, delimiter=",", quotechar='"', ndmin=2, comments=None)
+    except ValueError:  # not a number somewhere: first_bad_cell finds it
+        return None
+
+
+def check_header(path, header, table):
     if header is None:
         raise InputError(f"{path}: the file is empty")
+    if not any(header):
+        raise InputError(f"{path}: line 1 is blank; the first line must name the columns")
     if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
         raise InputError(f"{path}: line 1 has no commas; columns must be comma-separated")
     if all(is_number(name) for name in header):
         raise InputError(f"{path}: line 1 holds numbers; the first line must name the columns")
     if table is not None and len(table) == 0:
         raise InputError(f"{path}: a header but no data rows")
-    if table is None or table.shape[1] != len(header) or not np.isfinite(table).all():
-        raise InputError(f"{path}: {first_bad_cell(path, header)}")
-    return header, table
+
+
+def standardised(table, stats) -> np.ndarray:
+    """The table with its feature columns as the model will see them, given `stats`."""
+    if stats is None:
+        return table
+    n = min(len(stats.mean), table.shape[1])
+    with np.errstate(over="ignore"):  # an overflow is what the caller looks for
+        return np.hstack([(table[:, :n] - stats.mean[:n].numpy()) / stats.std[:n].numpy(),
+                          table[:, n:]])
 
 
 def is_number(text) -> bool:
@@ -312,18 +395,23 @@ def is_number(text) -> bool:
         return False
 
 
-def first_bad_cell(path, header) -> str:
-    """Where the table breaks: a row of the wrong width, or a cell that is not a number."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        next(reader)
-        for row in filter(None, reader):  # blank lines are skipped, as numpy skips them
-            if len(row) != len(header):
-                return f"line {reader.line_num} has {len(row)} columns; the header, {len(header)}"
-            for j, cell in enumerate(row):
-                if not is_number(cell):
-                    return (f"line {reader.line_num}, column {j + 1} ({header[j]}): "
-                            f"{cell!r} is not a finite number")
+def first_bad_cell(f, header, row=None, column=None) -> str:
+    """Where the table in `f` breaks: a row of the wrong width, a cell that is not a number,
+    or the cell at (`row`, `column`) of the table, which is too large for float32."""
+    f.seek(0)
+    reader = csv.reader(f)
+    next(reader)
+    for i, cells in enumerate(filter(None, reader)):  # blank lines are skipped, as by numpy
+        where = f"line {reader.line_num}"
+        if len(cells) != len(header):
+            return f"{where} has {len(cells)} columns; the header, {len(header)}"
+        bad = [j for j, cell in enumerate(cells) if not is_number(cell)]
+        if bad or i == row:
+            j = bad[0] if bad else column
+            problem = ("is not a finite number" if bad else "is too large for float32" if
+                       abs(float(cells[j])) > FLOAT32_MAX else "is too far from the training "
+                       "rows' values: standardised, it overflows float32")
+            return f"{where}, column {j + 1} ({header[j]}): {cells[j]!r} {problem}"
     return "not a table of numbers"  # what numpy refuses and float() takes, as 1_000
 
 
@@ -333,16 +421,26 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         raise InputError(message)
 
 
-def bounded(kind, low, high=math.inf):
-    """An argparse type: a `kind` (int or float) strictly between `low` and `high`."""
+def bounded(kind, low, high):
+    """An argparse type: an int from `low` to `high`, or a float strictly between them."""
     def parse(text):
         value = kind(text)  # on a ValueError argparse says "invalid <__name__> value: ..."
-        if not low < value < high:  # NaN fails this too
-            limits = f"above {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
-            raise argparse.ArgumentTypeError(f"must be {limits}, got {text}")
+        if kind is int and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {text}")
+        if kind is float and not low < value < high:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"must be above {low:g} and below {high:g}, "
+                                             f"got {text}")
         return value
-    parse.__name__ = kind.__name__
+    parse.__name__, parse.kind = kind.__name__, kind
     return parse
+
+
+# What last.pt keeps of the flags, and how each is checked, from a command line or a file.
+# The largest counts fit int64; seeds beyond 32 bits would alias in the random generators.
+SETTINGS = {"seed": bounded(int, 0, 2**32 - 1), "valid_ratio": bounded(float, 0, 1),
+            "lr": bounded(float, 0, FLOAT32_MAX), "batch_size": bounded(int, 1, 2**63 - 1),
+            "epochs": bounded(int, 1, 2**63 - 1), "patience": bounded(int, 1, 2**63 - 1)}
+FIXED_SETTINGS = ("seed", "valid_ratio")  # they pick the validation rows: a resume keeps them
 
 
 def parse_args(argv):
@@ -351,26 +449,28 @@ def parse_args(argv):
     p.add_argument("--train", default="data/train.csv",
                    help="training CSV: a header row, features, the target last")
     p.add_argument("--test", default="data/test.csv", help="test CSV, with or without the target")
-    p.add_argument("--epochs", type=bounded(int, 0), default=4,
+    p.add_argument("--epochs", type=SETTINGS["epochs"], default=4,
                    help="epochs in all, resumed ones included")
-    p.add_argument("--batch-size", type=bounded(int, 0), default=16,
+    p.add_argument("--batch-size", type=SETTINGS["batch_size"], default=16,
                    help="rows per SGD step, as in the notes")
-    p.add_argument("--lr", type=bounded(float, 0), default=0.7,
+    p.add_argument("--lr", type=SETTINGS["lr"], default=0.7,
                    help="SGD learning rate; MSE through a Sigmoid has small gradients")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=SETTINGS["seed"], default=0,
                    help="fixes the split, the initial weights and the batch order")
-    p.add_argument("--valid-ratio", type=bounded(float, 0, 1), default=0.2,
+    p.add_argument("--valid-ratio", type=SETTINGS["valid_ratio"], default=0.2,
                    help="share of the training CSV held out for validation")
-    p.add_argument("--patience", type=bounded(int, 0), default=3,
+    p.add_argument("--patience", type=SETTINGS["patience"], default=3,
                    help="stop after this many epochs without a better validation loss")
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, cuda:N or mps; auto takes a GPU when there is one")
     p.add_argument("--out", default="runs",
                    help="directory for model.pt, last.pt, predictions.csv and metrics.json")
     p.add_argument("--resume", metavar="LAST_PT",
-                   help="continue the run saved in this last.pt, with its seed, lr, batch size "
-                   "and split")
-    return p.parse_args(argv)
+                   help="continue the run saved in this last.pt, with its settings")
+    args = p.parse_args(argv)
+    p.set_defaults(**dict.fromkeys(vars(args)))  # parsed again without defaults: what was typed
+    args.typed = {name for name, value in vars(p.parse_args(argv)).items() if value is not None}
+    return args
 
 
 def checked_device(name) -> torch.device:
@@ -383,26 +483,42 @@ def checked_device(name) -> torch.device:
                  "cuda": (device.index or 0) < torch.cuda.device_count()}
     if not available.get(device.type):
         raise InputError(f"--device {name}: not available on this machine")
-    return device
+    return torch.device("cpu") if device.type == "cpu" else device  # cpu:0 is the cpu
 
 
 # --- Crash-safe saves, and checkpoints checked like any input ---
+OUTPUTS = ("model.pt", "last.pt", "predictions.csv", "metrics.json")
+
+
 @contextlib.contextmanager
 def atomic_file(path):
-    """A file to write `path` through: a temporary file beside it, renamed over it once whole.
-    A crash or kill -9 at any moment leaves the old file or the new one, never half of one
-    (os.replace is atomic, and fsync first means a power cut cannot reorder the two).
-    Under torchrun only rank 0 writes: on the other ranks the file is os.devnull."""
+    """A file to write `path` through: a new temporary file beside it, renamed over it once
+    whole. A crash or kill -9 at any moment leaves the old file or the new one, never half of
+    one (os.replace is atomic, and fsync first means a power cut cannot reorder the two). An
+    error (a full disk) or Ctrl-C removes the temporary file. tempfile creates it with a name
+    no other run uses, and never through a link planted there. Under torchrun only rank 0
+    writes: on the other ranks the file is os.devnull."""
     if not writes_files():
         with open(os.devnull, "wb") as f:
             yield f
         return
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    folder, name = os.path.split(os.fspath(path))
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder or ".", prefix=f".{name}.", delete=False) as f:
+            tmp = f.name
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~os.umask(os.umask(0)))  # tempfile's 0600 -> what open() gives
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        if isinstance(e, OSError):
+            raise InputError(f"{path}: cannot write it ({e.strerror or e})") from None
+        raise
 
 
 def save_checkpoint(checkpoint, path):
@@ -429,43 +545,103 @@ def refusing_bad_checkpoints(path):
 
 
 def checked_checkpoint(checkpoint, path, keys) -> dict:
+    """What torch.load read, if it holds `keys` as this file writes them. weights_only=True
+    stops code, not wrong values: each one is checked like a flag before it is used."""
     if not isinstance(checkpoint, dict) or not set(keys) <= checkpoint.keys():
         raise InputError(f"{path}: not a minitorch_loop checkpoint (it needs {', '.join(keys)})")
+    try:
+        check_model_state(checkpoint)
+        if "settings" in keys:
+            check_run_state(checkpoint)
+    except (AssertionError, ArithmeticError, LookupError, RuntimeError, TypeError,
+            ValueError, argparse.ArgumentTypeError) as e:
+        detail = " ".join(str(e).split()) or "a bad value"  # on one line
+        raise InputError(f"{path}: a damaged or foreign checkpoint ({detail}); start afresh "
+                         "in a new --out") from None
     return checkpoint
 
 
+def check_model_state(checkpoint):
+    """Statistics of one size, finite, std > 0; weights that fit MLP(that size), finite."""
+    mean, std = checkpoint["mean"], checkpoint["std"]
+    assert all(isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() == 1
+               for t in (mean, std)) and 0 < len(mean) == len(std), "mean and std"
+    assert torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all(), "std"
+    MLP(len(mean)).load_state_dict(checkpoint["model"])  # raises if any tensor does not fit
+    assert all(torch.isfinite(w).all() for w in checkpoint["model"].values()), "weights"
+
+
+def check_run_state(run):
+    """last.pt's own values: the settings, the epochs and their history, the best model so
+    far, the optimizer's state and the random generator's."""
+    assert isinstance(run["settings"], dict) and run["settings"].keys() == SETTINGS.keys(), \
+        f"settings {run['settings']!r}"
+    for name, value in run["settings"].items():
+        parse = SETTINGS[name]
+        assert type(value) is parse.kind, f"{name} {value!r}"
+        parse(repr(value))
+    epoch, history, best_epoch = run["epoch"], run["history"], run["best_epoch"]
+    assert type(epoch) is int and type(best_epoch) is int and 1 <= best_epoch <= epoch, "epoch"
+    assert [h["epoch"] for h in history] == list(range(1, epoch + 1)), "history"
+    assert all(math.isfinite(h[k]) for h in history for k in ("train_loss", "valid_loss"))
+    assert run["best_loss"] == history[best_epoch - 1]["valid_loss"], "best_loss"
+    check_model_state(run["best"])
+    assert torch.equal(run["best"]["mean"], run["mean"]), "best"
+    assert isinstance(run["data"], str), "data"
+    model = MLP(len(run["mean"]))
+    make_optimizer(model, run["settings"]["lr"]).load_state_dict(run["optimizer"])
+    rng = run["rng"]
+    assert isinstance(rng, torch.Tensor) and rng.shape == torch.get_rng_state().shape, "rng"
+
+
 # --- Resume: last.pt holds the whole run, so a stopped run continues bit for bit ---
-SETTINGS = ("seed", "lr", "batch_size", "valid_ratio")  # what --resume takes from last.pt
-RESUME_KEYS = ("settings", "mean", "epoch", "model", "optimizer", "rng", "best")
+RESUME_KEYS = ("settings", "mean", "std", "epoch", "history", "best_epoch", "best_loss",
+               "best", "model", "optimizer", "rng", "data")
 
 
 def load_stopped_run(args) -> dict | None:
-    """With --resume, the stopped run's state; its settings, which fix the data split and the
-    batch order, replace the flags'."""
+    """With --resume, the stopped run's state. Its settings replace the flags' defaults; a flag
+    typed with another value takes effect with a note, except --seed and --valid-ratio, which
+    fix the validation rows: another value there is refused."""
     if not args.resume:
         return None
     stopped = load_checkpoint(args.resume, RESUME_KEYS)
-    vars(args).update(stopped["settings"])
+    for name, saved in stopped["settings"].items():
+        value, flag = getattr(args, name), "--" + name.replace("_", "-")
+        if name in args.typed and value != saved and name in FIXED_SETTINGS:
+            raise InputError(f"{flag} {value}: the stopped run in {args.resume} has {flag} "
+                             f"{saved}, which picks its validation rows; drop the flag to "
+                             "resume, or start a new run in a new --out")
+        if name in args.typed and value != saved:
+            print(f"{flag} {value} replaces the stopped run's {saved}")
+        else:
+            setattr(args, name, saved)
     return stopped
 
 
-def new_or_resumed_run(stopped, model, optimizer, data, device, args) -> dict:
+def new_or_resumed_run(stopped, model, optimizer, data, device, args, cleanup) -> dict:
     """The run's state, as last.pt holds it: a new one, or the `stopped` one restored into the
     model, the optimizer and the random number generator. The last check, of --out, comes
     here: from here on, files are written."""
-    stats = data.stats
+    settings = {name: getattr(args, name) for name in SETTINGS}
     if stopped is None:
-        run = {"settings": {k: vars(args)[k] for k in SETTINGS}, "mean": stats.mean,
-               "std": stats.std, "epoch": 0, "history": [], "best_loss": math.inf,
-               "best_epoch": 0, "best": None}
+        run = {"settings": settings, "mean": data.stats.mean, "std": data.stats.std, "epoch": 0,
+               "history": [], "best_epoch": 0, "best_loss": math.inf, "best": None,
+               "data": fingerprint(data)}
     else:
-        check_same_data(stopped, stats, args)
+        check_same_data(stopped, data, args)
         model.load_state_dict(stopped["model"])
         optimizer.load_state_dict(stopped["optimizer"])
+        for group in optimizer.param_groups:  # load_state_dict brought the old lr back
+            group["lr"] = args.lr
         torch.set_rng_state(stopped["rng"])  # the batch order of the epochs to come
         print(f"resuming {args.resume} after epoch {stopped['epoch']}")
-        run = stopped
-    make_out_dir(args.out)
+        run = {**{key: stopped[key] for key in RESUME_KEYS}, "settings": settings}
+        if run["epoch"] - run["best_epoch"] >= args.patience:
+            print(f"it had stopped early, {args.patience} epochs after its best; "
+                  "a larger --patience goes on")
+            args.epochs = run["epoch"]
+    make_out_dir(args.out, cleanup)
     if stopped is not None:  # the best model so far, in this --out too
         save_checkpoint(run["best"], f"{args.out}/model.pt")
     print(f"{len(data.train_rows)} training rows, {len(data.valid_rows)} validation rows, "
@@ -473,22 +649,50 @@ def new_or_resumed_run(stopped, model, optimizer, data, device, args) -> dict:
     return run
 
 
-def check_same_data(stopped, stats, args):
-    trained_on, given = len(stopped["mean"]), len(stats.mean)
+def fingerprint(data) -> str:
+    """A digest of the rows a run trains on, features and targets: a resume needs the same."""
+    return hashlib.sha256(data.x.numpy().tobytes() + data.y.numpy().tobytes()).hexdigest()
+
+
+def check_same_data(stopped, data, args):
+    trained_on, given = len(stopped["mean"]), data.x.shape[1]
     if trained_on != given:
         raise InputError(f"--resume {args.resume}: the stopped run trained on {trained_on} "
                          f"features; {args.train} has {given}")
-    if not torch.equal(stopped["mean"], stats.mean):
+    if not torch.equal(stopped["mean"], data.stats.mean) or stopped["data"] != fingerprint(data):
         raise InputError(f"--resume {args.resume}: the stopped run trained on other rows than "
-                         f"those of {args.train} (their feature means differ)")
+                         f"those of {args.train} (their features or targets differ)")
 
 
-def make_out_dir(out):
+def make_out_dir(out, cleanup):
+    """--out, made if need be, writable, with no directory where an output goes, and locked
+    for this run until it ends: a second run there is refused, not interleaved with it."""
+    if not writes_files():
+        return
     try:
         os.makedirs(out, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()  # can we write there?
+        lock = os.open(out, os.O_RDONLY)
     except OSError as e:
         raise InputError(f"--out {out}: cannot write there ({e.strerror})") from None
+    cleanup.callback(os.close, lock)  # closing it releases the lock
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise InputError(f"--out {out}: another run is writing there; wait for it to end, "
+                         "or choose another --out") from None
+    for name in OUTPUTS:
+        if os.path.isdir(f"{out}/{name}"):
+            raise InputError(f"--out {out}: {name} is a directory; the run writes a file there")
+
+
+def check_finite(epoch, train_loss, valid_loss, args):
+    """A loss of inf or NaN: the run diverged. It stops before it saves anything, so --out
+    keeps the last finite epoch (or the files of before)."""
+    if not (math.isfinite(train_loss) and math.isfinite(valid_loss)):
+        raise InputError(f"epoch {epoch}: the loss is {train_loss:g} (train), {valid_loss:g} "
+                         f"(valid): the run diverged; lower --lr (now {args.lr:g}), or look for "
+                         f"a feature whose values are far larger than the others'")
 
 
 def save_last_pt(run, epoch, model, optimizer, train_loss, valid_loss, out):
@@ -504,11 +708,6 @@ def save_last_pt(run, epoch, model, optimizer, train_loss, valid_loss, out):
     save_checkpoint(run, f"{out}/last.pt")
 
 
-def check_a_model_was_found(run, lr):
-    if run["best"] is None:
-        raise InputError(f"--lr {lr}: the validation loss was never finite; lower it")
-
-
 def report(out, preds, targets, train_targets, run):
     """Write predictions.csv (one row per test row, in order) and metrics.json; print the test
     MSE beside that of always predicting the mean training target: a model that learned nothing."""
@@ -518,7 +717,7 @@ def report(out, preds, targets, train_targets, run):
     with atomic_file(f"{out}/predictions.csv") as f:
         f.write(f"id,prediction\n{lines}".encode())
     with atomic_file(f"{out}/metrics.json") as f:
-        f.write(json.dumps(metrics).encode())
+        f.write(json.dumps(metrics, allow_nan=False).encode())
     if test_mse is None:
         print(f"{len(preds)} predictions in {out}/predictions.csv (the test CSV has no target)")
     else:
@@ -582,11 +781,12 @@ def fetching_whole_batches(loader, sampler=None) -> DataLoader:
     """`loader`'s batches, in its sampler's order (or `sampler`'s), each fetched as one slice.
 
     The notes' DataLoader calls __getitem__ once per row and stacks the B rows
-    (test_per_item_loader_calls_getitem_once_per_row): an epoch at batch 16 takes 1.48 times
-    as long as the same steps over tensors already in memory, 3.34 times at batch 256 (make
+    (test_per_item_loader_calls_getitem_once_per_row): an epoch at batch 16 takes 1.31 times
+    as long as the same steps over tensors already in memory, 5.21 times at batch 256 (make
     bench). CsvDataset holds its rows in one tensor, so here __getitem__ gets a tensor of the
-    batch's row indices and answers with one slice: 1.16 and 1.15 times. batch_size=None:
-    nothing to stack; collate_fn=tuple: nothing to convert.
+    batch's row indices and answers with one slice: 1.05 and 1.07 times (Dataset.__getitems__,
+    PyTorch's own hook for this: 1.02 and 1.80). batch_size=None: nothing to stack;
+    collate_fn=tuple: nothing to convert.
     """
     sampler = loader.sampler if sampler is None else sampler
     batches = TensorBatchSampler(sampler, loader.batch_size, drop_last=False)

@@ -10,12 +10,14 @@ computation (by hand, in float64 NumPy), never against the code under test.
 """
 
 import csv
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -787,6 +789,11 @@ BAD_CSVS = {  # what the file holds -> what the message says
     "one column": (b"y\n0.5\n0.2\n0.1\n", "one column"),
     "targets outside [0, 1]": (b"a,b,y\n1,2,5\n3,4,-1\n5,6,0.5\n",
                                "target y runs from -1 to 5, but the model's Sigmoid"),
+    "beyond float32": (b"a,b,y\n1,2,0.5\n3,1e200,0.5\n5,6,0.5\n",
+                       "line 3, column 2 (b): '1e200' is too large for float32"),
+    "blank first line": (b"\na,b,y\n1,2,0.5\n", "line 1 is blank"),
+    "a huge cell": (b"a,b,y\n1,2,0.5\n3," + b"4" * 200_000 + b",0.5\n",
+                    "not a table of numbers (field larger than field limit"),
 }
 
 
@@ -832,15 +839,20 @@ def test_real_exports_read_like_plain_files(tmp_path):
 
 
 BAD_FLAGS = [
-    (["--epochs", "0"], "argument --epochs: must be above 0"),
-    (["--batch-size", "-3"], "argument --batch-size: must be above 0"),
+    (["--epochs", "0"], "argument --epochs: must be from 1 to 9223372036854775807, got 0"),
+    (["--epochs", str(2**64)], "argument --epochs: must be from 1 to 9223372036854775807"),
+    (["--batch-size", "-3"], "argument --batch-size: must be from 1 to 9223372036854775807"),
+    (["--batch-size", str(2**64)], "argument --batch-size: must be from 1 to"),
+    (["--seed", "4294967296"], "argument --seed: must be from 0 to 4294967295"),  # aliases 0
+    (["--seed", "-1"], "argument --seed: must be from 0 to 4294967295"),
+    (["--lr", "1e308"], "argument --lr: must be above 0 and below 3.40282e+38"),
     (["--lr", "0"], "argument --lr: must be above 0"),
     (["--lr", "-0.1"], "argument --lr: must be above 0"),
     (["--lr", "nan"], "argument --lr: must be above 0"),
     (["--lr", "inf"], "argument --lr: must be above 0"),
     (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
-    (["--valid-ratio", "1"], "argument --valid-ratio: must be between 0 and 1"),
-    (["--patience", "0"], "argument --patience: must be above 0"),
+    (["--valid-ratio", "1"], "argument --valid-ratio: must be above 0 and below 1"),
+    (["--patience", "0"], "argument --patience: must be from 1 to"),
     (["--device", "tpu9"], "--device tpu9: unknown"),
     (["--device", "cuda:99"], "--device cuda:99: not available on this machine"),
     (["--shuffle"], "unrecognized arguments: --shuffle"),
@@ -942,8 +954,8 @@ def test_checkpoints_hold_only_tensors_and_plain_values(previous_run):
 
 
 def test_a_crash_inside_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
-    """save_checkpoint writes beside the file and renames: a save that dies halfway leaves
-    the old checkpoint whole."""
+    """save_checkpoint writes beside the file and renames: a save that dies halfway (a full
+    disk) is one InputError, leaves the old checkpoint whole, and no temporary file."""
     path = tmp_path / "model.pt"
     ml.save_checkpoint({"model": {"w": torch.zeros(1000)}}, path)
 
@@ -952,9 +964,10 @@ def test_a_crash_inside_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypa
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", dies_halfway)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ml.InputError, match="model.pt: cannot write it \\(disk full\\)"):
         ml.save_checkpoint({"model": {"w": torch.ones(1000)}}, path)
     assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.zeros(1000))
+    assert os.listdir(tmp_path) == ["model.pt"], "the temporary file is removed"
 
 
 KEEPS_SAVING = """
@@ -996,6 +1009,222 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["optimizer"] == b["optimizer"] and a["history"] == b["history"]
     assert (whole / "predictions.csv").read_bytes() == (resumed / "predictions.csv").read_bytes()
+
+
+# --- Never lose work: divergence, resume with flags, shared folders, signals ---
+
+def test_a_diverged_run_stops_before_it_writes(capsys, previous_run, tmp_path):
+    """A loss that turns inf or NaN stops the run at once, naming --lr; --out keeps its files."""
+    assert "the run diverged; lower --lr (now 1e+30)" in fails(capsys, previous_run, tmp_path,
+                                                                 "--lr", "1e30")
+
+
+def test_a_flag_typed_on_resume_takes_effect_with_a_note(tmp_path, capsys):
+    """--resume with --lr 0.1: the run goes on with 0.1, says so, and last.pt records it."""
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "1")
+    run_main(tmp_path, 3, True, "--epochs", "2", "--lr", "0.1", "--resume", str(out / "last.pt"))
+    assert "--lr 0.1 replaces the stopped run's 0.7" in capsys.readouterr().out
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["settings"]["lr"] == last["optimizer"]["param_groups"][0]["lr"] == 0.1
+
+
+def test_a_resume_restores_the_stopped_runs_settings(tmp_path):
+    """--resume alone: the stopped run's epochs, patience, lr and batch size, not the defaults."""
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "3", "--patience", "9", "--lr", "0.2",
+                         "--batch-size", "5")
+    (out / "metrics.json").unlink()
+    run_main(tmp_path, 3, True, "--resume", str(out / "last.pt"))
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["settings"] == {"seed": 0, "valid_ratio": 0.2, "lr": 0.2, "batch_size": 5,
+                                "epochs": 3, "patience": 9} and last["epoch"] == 3
+
+
+@pytest.mark.parametrize("flag", ["--seed", "--valid-ratio"])
+def test_a_resume_with_another_split_is_refused(capsys, previous_run, tmp_path, flag):
+    """--seed and --valid-ratio pick the validation rows: a resume cannot change them."""
+    line = fails(capsys, previous_run, tmp_path, flag, "0.5" if "ratio" in flag else "7",
+                 "--resume", previous_run / "out" / "last.pt")
+    assert f"{flag} " in line and "picks its validation rows" in line
+
+
+CRAFTED = {  # what a hostile or damaged last.pt changes -> how
+    "settings that name another --out": lambda c: c["settings"].update(out="elsewhere"),
+    "settings of None": lambda c: c.update(settings=None),
+    "a negative lr": lambda c: c["settings"].update(lr=-5.0),
+    "a batch size as text": lambda c: c["settings"].update(batch_size="16"),
+    "a seed beyond 32 bits": lambda c: c["settings"].update(seed=2**70),
+    "a bool for a count": lambda c: c["settings"].update(epochs=True),
+    "an epoch as text": lambda c: c.update(epoch="x"),
+    "a history of the wrong length": lambda c: c.update(history=[]),
+    "no best model": lambda c: c.update(best=None),
+    "weights of another shape": lambda c: c["model"].update({"net.0.weight": torch.ones(2, 2)}),
+    "a NaN weight": lambda c: c["model"]["net.2.bias"].fill_(float("nan")),
+    "an empty optimizer state": lambda c: c.update(optimizer={}),
+    "a random generator state of the wrong size": lambda c: c.update(rng=torch.zeros(3)),
+    "a std of zero": lambda c: c["std"].zero_(),
+}
+
+
+@pytest.mark.parametrize("craft", CRAFTED.values(), ids=CRAFTED.keys())
+def test_every_value_of_a_checkpoint_is_checked(capsys, previous_run, tmp_path, craft):
+    """weights_only=True stops code, not wrong values: each is checked like a flag, and a bad
+    one is one line, before anything is written."""
+    checkpoint = torch.load(previous_run / "out" / "last.pt", weights_only=True)
+    craft(checkpoint)
+    torch.save(checkpoint, tmp_path / "crafted.pt")
+    line = fails(capsys, previous_run, tmp_path, "--resume", tmp_path / "crafted.pt")
+    assert "a damaged or foreign checkpoint" in line
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_csv_from_a_pipe_is_read_whole(tmp_path):
+    """A named pipe, as --train <(cat train.csv) gives, can be read once: every row arrives."""
+    x, y = regression(3000, 4, seed=0)  # more than one read buffer
+    plain = write_csv(tmp_path / "plain.csv", x, y)
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(plain.read_bytes()))
+    writer.start()
+    piped = ml.CsvDataset(fifo)
+    writer.join()
+    assert torch.equal(piped.x, ml.CsvDataset(plain).x) and len(piped) == 3000
+
+
+def test_an_early_stopped_run_stays_stopped_and_keeps_a_copy_of_its_best(tmp_path, capsys):
+    """last.pt keeps its best model as a copy (deepcopy of the state_dict, which holds live
+    tensors): equal to model.pt, not to the last weights; resumed, the stopped run trains no
+    more epochs."""
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "60", "--patience", "2", "--lr", "20")
+    last = torch.load(out / "last.pt", weights_only=True)
+    best = torch.load(out / "model.pt", weights_only=True)["model"]
+    assert last["best_epoch"] < last["epoch"] < 60
+    assert all(torch.equal(last["best"]["model"][k], w) for k, w in best.items())
+    assert not all(torch.equal(last["model"][k], w) for k, w in best.items())
+    run_main(tmp_path, 3, True, "--resume", str(out / "last.pt"))
+    assert "it had stopped early" in capsys.readouterr().out
+    assert len(metrics(out)["history"]) == last["epoch"], "no epoch was added"
+
+
+def test_a_resume_on_edited_targets_is_refused(capsys, previous_run, tmp_path):
+    """The same features with other targets are other data: a resume refuses them."""
+    rows = list(csv.reader((previous_run / "train.csv").read_text().splitlines()))
+    edited = tmp_path / "edited.csv"
+    with edited.open("w", newline="") as f:
+        csv.writer(f).writerows([rows[0]] + [r[:-1] + [str(1 - float(r[-1]))] for r in rows[1:]])
+    line = fails(capsys, previous_run, tmp_path, "--train", edited,
+                 "--resume", previous_run / "out" / "last.pt")
+    assert "features or targets differ" in line
+
+
+@pytest.mark.parametrize("cell, message", [
+    (1e300, "'1e+300' is too large for float32"),
+    (1e36, "'1e+36' is too far from the training rows' values"),  # std of f0 is 0.0005
+])
+def test_a_test_cell_that_overflows_float32_is_named(capsys, previous_run, tmp_path, cell,
+                                                     message):
+    """Finite in float64 is not enough: the model computes in float32, on standardised values."""
+    x = np.array([[1.0, 2, 3], [1.001, 4, 5], [1.0, 3, 1], [1.001, 5, 2], [1, 2, 2]])
+    train = write_csv(tmp_path / "train.csv", x, np.full(5, 0.5))
+    test = write_csv(tmp_path / "test.csv", np.array([[1.0, 2, 3], [cell, 2, 3]]))
+    line = fails(capsys, previous_run, tmp_path, "--train", train, "--test", test,
+                 "--valid-ratio", "0.2")
+    assert f"{test}: line 3, column 1 (f0): {message}" in line
+
+
+def test_cpu_0_is_the_cpu(tmp_path):
+    """--device cpu:0 names the CPU: the run ends, and its checkpoints load."""
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "1", "--device", "cpu:0")
+    assert metrics(out)["best_epoch"] == 1 and ml.load_model(out / "model.pt")
+
+
+def test_a_link_planted_in_out_is_never_written_through(tmp_path):
+    """Temporary files get new names, created exclusively: a link at a guessable name in
+    --out cannot make a run write to the file it points to."""
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in ("model.pt", "last.pt", "predictions.csv", "metrics.json"):
+        for planted in (f"{name}.tmp", f".{name}.tmp"):
+            (out / planted).symlink_to(victim)
+    run_main(tmp_path, 3, True, "--epochs", "1")
+    assert victim.read_text() == "keep me" and metrics(out)["best_epoch"] == 1
+
+
+def test_a_second_run_on_a_busy_out_is_refused(capsys, previous_run, tmp_path):
+    """One run at a time per --out: while another holds its lock, a run is refused."""
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    fd = os.open(busy, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a running run holds
+        line = fails(capsys, previous_run, tmp_path, "--out", busy)
+    finally:
+        os.close(fd)
+    assert "another run is writing there" in line and os.listdir(busy) == []
+
+
+def test_a_directory_where_an_output_goes_is_found_before_training(capsys, previous_run,
+                                                                     tmp_path):
+    """out/model.pt a directory: one line before the first epoch, nothing else written."""
+    (tmp_path / "o2" / "model.pt").mkdir(parents=True)
+    line = fails(capsys, previous_run, tmp_path, "--out", tmp_path / "o2")
+    assert "model.pt is a directory" in line and os.listdir(tmp_path / "o2") == ["model.pt"]
+    assert "epoch" not in capsys.readouterr().out
+
+
+def test_under_torchrun_only_rank_0_prints_an_error(tmp_path, monkeypatch, capsys):
+    """Every rank meets the same bad file; one line in all, from rank 0."""
+    errors = []
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit):
+            ml.main(["--train", str(tmp_path / "none.csv"), "--out", str(tmp_path)])
+        errors.append(capsys.readouterr().err)
+    assert errors == ["", f"error: {tmp_path / 'none.csv'}: No such file or directory\n"]
+
+
+def start_run(tmp_path, *flags, **popen):
+    """minitorch_loop.py as a process on the bundled data, writing to tmp_path/out."""
+    return subprocess.Popen(
+        [sys.executable, ml.__file__, "--train", str(DATA / "train.csv"), "--test",
+         str(DATA / "test.csv"), "--out", "out", *flags], cwd=tmp_path, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    """Ctrl-C after an epoch: exit 130, one line naming last.pt and the exact command to go
+    on with; last.pt is whole."""
+    with start_run(tmp_path, "--epochs", "1000", "--patience", "1000") as child:
+        while not child.stdout.readline().startswith("epoch"):
+            pass
+        child.send_signal(signal.SIGINT)
+        err = child.stderr.read()
+    assert child.returncode == 130 and err.count("\n") == 1, err
+    assert err.startswith("interrupted: out/last.pt holds the last finished epoch; go on with:")
+    assert err.rstrip().endswith("--patience 1000 --resume out/last.pt")
+    assert torch.load(tmp_path / "out" / "last.pt", weights_only=True)["epoch"] >= 1
+
+
+def test_a_closed_stdout_does_not_stop_the_run(tmp_path):
+    """python minitorch_loop.py | head -1: the reader leaves, the run still finishes every
+    file, and prints no traceback."""
+    with start_run(tmp_path, "--epochs", "2") as child:
+        child.stdout.readline()
+        child.stdout.close()  # as head -1 does after one line
+        err = child.stderr.read()
+    assert child.returncode == 0 and err == "", err
+    assert metrics(tmp_path / "out")["best_epoch"] >= 1
+    assert len(read_predictions(tmp_path / "out")) == len(ml.CsvDataset(DATA / "test.csv"))
+
+
+def test_a_constant_column_standardises_to_zero(tmp_path):
+    """A feature with no spread gets std 1 (not 0: no division by zero), so it reads 0."""
+    x, y = regression(20, 3, seed=1)
+    x[:, 1] = 7.0
+    data = ml.CsvDataset(write_csv(tmp_path / "c.csv", x, y))
+    assert data.stats.std[1] == 1 and torch.equal(data.x[:, 1], torch.zeros(20))
+    close(data.x[:, 0].numpy(), (x[:, 0] - x[:, 0].mean()) / x[:, 0].std(ddof=1))
 
 
 # --- Scaling out: torchrun and DistributedDataParallel (CPU, gloo, 2 processes) ---
