@@ -40,37 +40,29 @@ from torch.utils.data.distributed import DistributedSampler
 
 # --- Step 1 (notes 一): read data into a Dataset, serve it in batches with a DataLoader ---
 class CsvDataset(Dataset):
-    """A CSV as a Dataset: a header row, then numbers, the target last. __init__ reads it once:
-    a training file (stats=None) holds out valid_ratio of its rows for validation, and every file
-    is standardised with the statistics of the training rows (the model never peeks)."""
+    """A CSV as a Dataset: a header row, then numbers, the target last (an `id` column first
+    holds row ids, not a feature). __init__ reads it once: a training file (stats=None) holds
+    out valid_ratio of its rows for validation, and every file is scaled with the statistics of
+    the training rows (the model never peeks)."""
 
     def __init__(self, path, stats=None, valid_ratio=0.0, seed=0):
-        features, target = read_table(path, stats, valid_ratio)  # Part 2: numbers, checked
-        features = torch.from_numpy(features)  # (N, F) float64
+        table = read_table(path, stats, valid_ratio)  # Part 2: numbers, checked; ids apart
+        features = torch.from_numpy(table.features)  # (N, F) float64
         # A seeded shuffle picks the validation rows: the same seed, the same split.
         order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
         n_valid = round(valid_ratio * len(features))
         self.valid_rows, self.train_rows = order[:n_valid], order[n_valid:]
-        self.stats = FeatureStats.fit(features[self.train_rows]) if stats is None else stats
+        self.stats = Scaling.fit(table, self.train_rows) if stats is None else stats  # Part 2
         # (x - mean) / std, in place after one copy; float32 like the weights (dtypes must agree)
         self.x = torch.sub(features, self.stats.mean).div_(self.stats.std).float()  # (N, F)
-        self.y = None if target is None else torch.from_numpy(target).float()  # (N, 1)
+        self.y = None if table.target is None else self.stats.scaled(table.target)  # (N, 1)
+        self.ids = table.ids  # (N,): the id column, or 0 .. N-1
 
     def __getitem__(self, i):  # row i: x (F,) and y (1,), or (x,) without a target
         return (self.x[i],) if self.y is None else (self.x[i], self.y[i])
 
     def __len__(self):
         return len(self.x)
-
-
-class FeatureStats(NamedTuple):  # each feature's mean and std over the training rows
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    @staticmethod
-    def fit(features):  # a constant column gets std 1, so it standardises to 0
-        std = features.std(0)
-        return FeatureStats(features.mean(0), torch.where(std > 0, std, 1.0))
 
 
 def make_loader(dataset, batch_size, shuffle, sampler=None) -> DataLoader:
@@ -164,23 +156,23 @@ def test(model, loader, device) -> torch.Tensor:
 def save_model(model, stats, path):
     """model.pt: the state_dict (parameter name -> tensor) and the features' statistics."""
     with atomic_file(path) as f:  # Part 2: a crash mid-save leaves the old file whole
-        torch.save({"model": model.state_dict(), "mean": stats.mean, "std": stats.std}, f)
+        torch.save({"model": model.state_dict(), **stats._asdict()}, f)
 
 
-def load_model(path, device="cpu") -> tuple[MLP, FeatureStats]:
-    """The model saved in `path` (model.pt, or last.pt), on `device`, and its statistics."""
-    checkpoint = load_checkpoint(path, device=device)
-    model = MLP(len(checkpoint["mean"])).to(device)
+def load_model(path, device="cpu") -> tuple[MLP, "Scaling"]:
+    """The model saved in `path` (model.pt, or last.pt), on `device`, and its scaling."""
+    checkpoint = load_checkpoint(path)
+    model = MLP(len(checkpoint["mean"]))
     model.load_state_dict(checkpoint["model"])
-    return model, FeatureStats(checkpoint["mean"].cpu(), checkpoint["std"].cpu())
+    return model.to(device), Scaling(*(checkpoint[name] for name in Scaling._fields))
 
 
-def load_checkpoint(path, keys=("model", "mean", "std"), device="cpu") -> dict:
+def load_checkpoint(path, device="cpu") -> dict:
     """A dict saved by torch.save. weights_only=True: a file from elsewhere cannot run code;
     map_location puts tensors saved on a GPU on `device`, so a machine without one reads them."""
     with refusing_bad_checkpoints(path):  # Part 2: a missing, torn or unsafe file: one line
         checkpoint = torch.load(path, map_location=device, weights_only=True)
-    return checked_checkpoint(checkpoint, path, keys)  # Part 2: ... and it holds `keys`
+    return checked_checkpoint(checkpoint, path)  # Part 2: ... and it holds a model to rebuild
 
 
 # --- 六: the whole process: epochs of training and validation, then the test ---
@@ -194,13 +186,14 @@ def fit(model, loaders, criterion, optimizer, device, stats, args, run):
         train_loss = train(ddp_model, train_loader, criterion, optimizer, device)
         valid_loss = evaluate(model, valid_loader, criterion, device)  # the same weights
         train_loss, valid_loss = mean_over_ranks([train_loss, valid_loss], device)  # Part 2
+        train_loss, valid_loss = (loss * stats.target_span**2 for loss in (train_loss, valid_loss))
         check_finite(epoch, train_loss, valid_loss, args)  # Part 2: diverged? stop, save nothing
         improved = valid_loss < run["best_loss"]  # validation picks the model, never the test set
         if improved:
             run.update(best_loss=valid_loss, best_epoch=epoch)
             save_model(model, stats, f"{args.out}/model.pt")
         save_last_pt(run, epoch, model, optimizer, train_loss, valid_loss, args.out)  # Part 2
-        print(f"epoch {epoch:3d} | train {train_loss:.5f} | valid {valid_loss:.5f} | "
+        print(f"epoch {epoch:3d} | train {train_loss:.5g} | valid {valid_loss:.5g} | "
               f"{time.perf_counter() - start:.2f}s{' *' if improved else ''}")
         if epoch - run["best_epoch"] >= args.patience:
             print(f"no better valid loss for {args.patience} epochs: stopping early")
@@ -230,7 +223,7 @@ def main(argv=None):
         if writes_files():  # the best model, loaded back as a later prediction would load it
             model, _ = load_model(f"{args.out}/model.pt", device)
             preds = test(model, make_loader(test_set, args.batch_size, shuffle=False), device)
-            report(args.out, preds, test_set.y, data.y[data.train_rows], run)  # Part 2
+            report(args.out, preds, test_set, data.y[data.train_rows], run)  # Part 2
 
 
 # ============================ Part 2: what a real run adds ============================
@@ -308,34 +301,85 @@ class QuietWhenPipeCloses:
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model computes in float32
 
 
-def read_table(path, stats=None, valid_ratio=0.0) -> tuple[np.ndarray, np.ndarray | None]:
+class Table(NamedTuple):
+    features: np.ndarray  # (N, F) float64
+    target: np.ndarray | None  # (N, 1) float64, or None: a test file may leave it out
+    ids: list  # (N,): the values of an `id` column, or 0 .. N-1
+    target_name: str  # the header of the target column
+
+
+def read_table(path, stats=None, valid_ratio=0.0) -> Table:
     """A training CSV (stats=None: features, then the target), or a file read with a training
-    file's `stats` (its features, the target optional), as float64 numbers: features (N, F)
-    and targets (N, 1), or None. A training file must leave rows to train on after valid_ratio."""
+    file's `stats` (its features, the target optional). A first column named id (any case)
+    holds row ids: kept apart, never a feature. A training file must leave rows to train on
+    after valid_ratio, and a target with some spread."""
     header, table = read_csv(path, stats)
+    ids = list(range(len(table)))
+    if has_ids(header):
+        ids = [int(i) if i.is_integer() else i for i in table[:, 0].tolist()]
+        header, table = header[1:], table[:, 1:]
     n_rows, n_columns = table.shape
     n_features = n_columns - 1 if stats is None else len(stats.mean)
     if n_features < 1:
-        raise InputError(f"{path}: one column; it needs features, then the target last")
+        raise InputError(f"{path}: no feature columns; it needs features, then the target last")
     if n_columns not in (n_features, n_features + 1):
         raise InputError(f"{path}: {n_columns} columns; expected the training file's "
                          f"{n_features} features, with the target after them or without")
     target = table[:, n_features:] if n_columns > n_features else None
-    if target is not None and not ((target >= 0) & (target <= 1)).all():
-        raise InputError(f"{path}: target {header[-1]} runs from {target.min():g} to "
-                         f"{target.max():g}, but the model's Sigmoid outputs lie in (0, 1); "
-                         "rescale it, e.g. to (y - min) / (max - min)")
+    if stats is None and target.min() == target.max():
+        raise InputError(f"{path}: target {header[-1]} is {target[0, 0]:g} in every row: "
+                         "there is nothing to learn")
     n_valid = round(valid_ratio * n_rows)  # as CsvDataset splits
     if stats is None and (n_rows - n_valid < 2 or (valid_ratio > 0 and n_valid == 0)):
         raise InputError(f"{path}: {n_rows} rows are too few to hold out {valid_ratio:g} "
                          f"of them for validation and train on at least 2")
-    return table[:, :n_features], target
+    return Table(table[:, :n_features], target, ids, header[-1])
+
+
+# --- Scale: the model sees standardised features and a target inside the Sigmoid's range ---
+class Scaling(NamedTuple):
+    """The training rows' scale: each feature's mean and std, and the target's range, mapped
+    into the Sigmoid's (0, 1) as y' = (y - target_low) / target_span. Training runs on y', so
+    --lr means the same for any range; every number printed or written is in the target's own
+    units. Saved with the weights: new rows must be scaled the same way."""
+    mean: torch.Tensor  # (F,)
+    std: torch.Tensor  # (F,)
+    target_low: float = 0.0
+    target_span: float = 1.0
+    target_name: str = "prediction"
+
+    @staticmethod
+    def fit(table, rows):
+        features, target = torch.from_numpy(table.features[rows]), table.target[rows]
+        std = features.std(0)  # a constant column gets std 1, so it standardises to 0
+        low, span = target_range(target)  # [min, max] -> [0.05, 0.95]
+        return Scaling(features.mean(0), torch.where(std > 0, std, 1.0), low, span,
+                       table.target_name)
+
+    def scaled(self, target):  # (N, 1) float64 in the target's units -> float32 y'
+        return torch.from_numpy((target - self.target_low) / self.target_span).float()
+
+    def in_target_units(self, y):  # y' -> y; an MSE of y' times target_span² is one of y
+        return y * self.target_span + self.target_low
+
+
+TARGET_MARGIN = 0.05  # the training targets' [min, max] maps to [0.05, 0.95]
+
+
+def target_range(target) -> tuple[float, float]:
+    """target_low and target_span for Scaling. The Sigmoid nears 0 and 1 only for large inputs,
+    where its slope (so the gradient) vanishes: the ends of the training range map to 0.05 and
+    0.95, where the slope is still a fifth of its peak, and a test row a little beyond them
+    stays reachable. Every target, [0, 1] ones included, takes this one path."""
+    low, high = float(target.min()), float(target.max())
+    span = (high - low) / (1 - 2 * TARGET_MARGIN)
+    return low - TARGET_MARGIN * span, span
 
 
 def read_csv(path, stats=None) -> tuple[list[str], np.ndarray]:
     """A numeric CSV with a header row -> (column names, (N, C) float64 table), read once (a
     pipe, as in --train <(...), cannot be read twice). Every cell must fit float32, the model's
-    dtype, and with a training file's `stats` so must the standardised features."""
+    dtype, and with a training file's `stats` so must the values scaled with them."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as file:  # utf-8-sig: drop a BOM
             f = file if file.seekable() else io.StringIO(file.read())
@@ -344,7 +388,7 @@ def read_csv(path, stats=None) -> tuple[list[str], np.ndarray]:
             check_header(path, header, table)
             if table is None or table.shape[1] != len(header):
                 raise InputError(f"{path}: {first_bad_cell(f, header)}")
-            bad = np.argwhere(~(np.abs(standardised(table, stats)) <= FLOAT32_MAX))  # NaN too
+            bad = np.argwhere(~(np.abs(standardised(table, header, stats)) <= FLOAT32_MAX))
             if len(bad):
                 raise InputError(f"{path}: {first_bad_cell(f, header, *bad[0])}")
     except OSError as e:
@@ -378,14 +422,22 @@ def check_header(path, header, table):
         raise InputError(f"{path}: a header but no data rows")
 
 
-def standardised(table, stats) -> np.ndarray:
-    """The table with its feature columns as the model will see them, given `stats`."""
+def has_ids(header) -> bool:
+    return header[0].strip().lower() == "id"
+
+
+def standardised(table, header, stats) -> np.ndarray:
+    """The table as the model will see it, given a training file's `stats`: the features
+    standardised, the target scaled (an id column as it is)."""
     if stats is None:
         return table
-    n = min(len(stats.mean), table.shape[1])
+    first, n = int(has_ids(header)), len(stats.mean)
+    scaled = table.copy()
     with np.errstate(over="ignore"):  # an overflow is what the caller looks for
-        return np.hstack([(table[:, :n] - stats.mean[:n].numpy()) / stats.std[:n].numpy(),
-                          table[:, n:]])
+        scaled[:, first:first + n] -= stats.mean.numpy()[:table.shape[1] - first]
+        scaled[:, first:first + n] /= stats.std.numpy()[:table.shape[1] - first]
+        scaled[:, first + n:] = (scaled[:, first + n:] - stats.target_low) / stats.target_span
+    return scaled
 
 
 def is_number(text) -> bool:
@@ -410,7 +462,7 @@ def first_bad_cell(f, header, row=None, column=None) -> str:
             j = bad[0] if bad else column
             problem = ("is not a finite number" if bad else "is too large for float32" if
                        abs(float(cells[j])) > FLOAT32_MAX else "is too far from the training "
-                       "rows' values: standardised, it overflows float32")
+                       "rows' values: scaled, it overflows float32")
             return f"{where}, column {j + 1} ({header[j]}): {cells[j]!r} {problem}"
     return "not a table of numbers"  # what numpy refuses and float() takes, as 1_000
 
@@ -488,6 +540,7 @@ def checked_device(name) -> torch.device:
 
 # --- Crash-safe saves, and checkpoints checked like any input ---
 OUTPUTS = ("model.pt", "last.pt", "predictions.csv", "metrics.json")
+MODEL_KEYS = ("model", "mean", "std", "target_low", "target_span", "target_name")  # model.pt
 
 
 @contextlib.contextmanager
@@ -544,7 +597,7 @@ def refusing_bad_checkpoints(path):
         raise InputError(f"{path}: not a checkpoint (damaged)") from None
 
 
-def checked_checkpoint(checkpoint, path, keys) -> dict:
+def checked_checkpoint(checkpoint, path, keys=MODEL_KEYS) -> dict:
     """What torch.load read, if it holds `keys` as this file writes them. weights_only=True
     stops code, not wrong values: each one is checked like a flag before it is used."""
     if not isinstance(checkpoint, dict) or not set(keys) <= checkpoint.keys():
@@ -567,6 +620,10 @@ def check_model_state(checkpoint):
     assert all(isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() == 1
                for t in (mean, std)) and 0 < len(mean) == len(std), "mean and std"
     assert torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all(), "std"
+    low, span = checkpoint["target_low"], checkpoint["target_span"]
+    assert type(low) is type(span) is float and math.isfinite(low) and 0 < span < math.inf, \
+        "target_low, target_span"
+    assert isinstance(checkpoint["target_name"], str), "target_name"
     MLP(len(mean)).load_state_dict(checkpoint["model"])  # raises if any tensor does not fit
     assert all(torch.isfinite(w).all() for w in checkpoint["model"].values()), "weights"
 
@@ -586,7 +643,7 @@ def check_run_state(run):
     assert all(math.isfinite(h[k]) for h in history for k in ("train_loss", "valid_loss"))
     assert run["best_loss"] == history[best_epoch - 1]["valid_loss"], "best_loss"
     check_model_state(run["best"])
-    assert torch.equal(run["best"]["mean"], run["mean"]), "best"
+    assert all(equal(run["best"][name], run[name]) for name in Scaling._fields), "best"
     assert isinstance(run["data"], str), "data"
     model = MLP(len(run["mean"]))
     make_optimizer(model, run["settings"]["lr"]).load_state_dict(run["optimizer"])
@@ -595,8 +652,8 @@ def check_run_state(run):
 
 
 # --- Resume: last.pt holds the whole run, so a stopped run continues bit for bit ---
-RESUME_KEYS = ("settings", "mean", "std", "epoch", "history", "best_epoch", "best_loss",
-               "best", "model", "optimizer", "rng", "data")
+RESUME_KEYS = (*MODEL_KEYS, "settings", "epoch", "history", "best_epoch", "best_loss", "best",
+               "optimizer", "rng", "data")
 
 
 def load_stopped_run(args) -> dict | None:
@@ -605,7 +662,7 @@ def load_stopped_run(args) -> dict | None:
     fix the validation rows: another value there is refused."""
     if not args.resume:
         return None
-    stopped = load_checkpoint(args.resume, RESUME_KEYS)
+    stopped = checked_checkpoint(load_checkpoint(args.resume), args.resume, RESUME_KEYS)
     for name, saved in stopped["settings"].items():
         value, flag = getattr(args, name), "--" + name.replace("_", "-")
         if name in args.typed and value != saved and name in FIXED_SETTINGS:
@@ -625,9 +682,8 @@ def new_or_resumed_run(stopped, model, optimizer, data, device, args, cleanup) -
     here: from here on, files are written."""
     settings = {name: getattr(args, name) for name in SETTINGS}
     if stopped is None:
-        run = {"settings": settings, "mean": data.stats.mean, "std": data.stats.std, "epoch": 0,
-               "history": [], "best_epoch": 0, "best_loss": math.inf, "best": None,
-               "data": fingerprint(data)}
+        run = {"settings": settings, **data.stats._asdict(), "epoch": 0, "history": [],
+               "best_epoch": 0, "best_loss": math.inf, "best": None, "data": fingerprint(data)}
     else:
         check_same_data(stopped, data, args)
         model.load_state_dict(stopped["model"])
@@ -659,9 +715,14 @@ def check_same_data(stopped, data, args):
     if trained_on != given:
         raise InputError(f"--resume {args.resume}: the stopped run trained on {trained_on} "
                          f"features; {args.train} has {given}")
-    if not torch.equal(stopped["mean"], data.stats.mean) or stopped["data"] != fingerprint(data):
+    same_scaling = all(equal(stopped[name], value) for name, value in data.stats._asdict().items())
+    if not same_scaling or stopped["data"] != fingerprint(data):
         raise InputError(f"--resume {args.resume}: the stopped run trained on other rows than "
                          f"those of {args.train} (their features or targets differ)")
+
+
+def equal(a, b) -> bool:  # for tensors and plain values alike
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
 def make_out_dir(out, cleanup):
@@ -701,29 +762,33 @@ def save_last_pt(run, epoch, model, optimizer, train_loss, valid_loss, out):
     if run["best_epoch"] == epoch:  # what model.pt holds, for a resumed run to write again
         # A copy: a state_dict holds the live parameter tensors, which training goes on to
         # change; without it, "the best model" would drift with every later step.
-        run["best"] = {"model": copy.deepcopy(model.state_dict()), "mean": run["mean"],
-                       "std": run["std"]}
+        run["best"] = {"model": copy.deepcopy(model.state_dict()),
+                       **{name: run[name] for name in Scaling._fields}}
     run.update(epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
                rng=torch.get_rng_state())
     save_checkpoint(run, f"{out}/last.pt")
 
 
-def report(out, preds, targets, train_targets, run):
-    """Write predictions.csv (one row per test row, in order) and metrics.json; print the test
-    MSE beside that of always predicting the mean training target: a model that learned nothing."""
-    test_mse = None if targets is None else nn.functional.mse_loss(preds, targets).item()
-    lines = "".join(f"{i},{p:.6f}\n" for i, p in enumerate(preds.squeeze(1).tolist()))
+def report(out, preds, test_set, train_targets, run):
+    """Write predictions.csv (the test file's ids, each with its prediction, in the target's
+    units) and metrics.json; print the test MSE beside that of always predicting the mean
+    training target: a model that learned nothing. All in the target's units."""
+    stats, targets = test_set.stats, test_set.y
+    mse = None if targets is None else nn.functional.mse_loss(preds, targets).item()
+    test_mse = None if mse is None else mse * stats.target_span**2
+    lines = "".join(f"{i},{p:.7g}\n" for i, p in zip(
+        test_set.ids, stats.in_target_units(preds.squeeze(1).double()).tolist(), strict=True))
     metrics = {"history": run["history"], "best_epoch": run["best_epoch"], "test_mse": test_mse}
     with atomic_file(f"{out}/predictions.csv") as f:
-        f.write(f"id,prediction\n{lines}".encode())
+        f.write(f"id,{stats.target_name}\n{lines}".encode())
     with atomic_file(f"{out}/metrics.json") as f:
         f.write(json.dumps(metrics, allow_nan=False).encode())
     if test_mse is None:
         print(f"{len(preds)} predictions in {out}/predictions.csv (the test CSV has no target)")
     else:
         baseline = nn.functional.mse_loss(train_targets.mean().expand_as(targets), targets).item()
-        print(f"test MSE {test_mse:.5f} with the best epoch ({run['best_epoch']}); "
-              f"always predicting the mean training target scores {baseline:.5f}")
+        print(f"test MSE {test_mse:.5g} with the best epoch ({run['best_epoch']}); always "
+              f"predicting the mean training target scores {baseline * stats.target_span**2:.5g}")
 
 
 # --- torchrun: N copies of this file (ranks) train as one ---
