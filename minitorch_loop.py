@@ -35,6 +35,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+import minitorch_pictures as pictures
 
 # ================================ Part 1: the notes' story ================================
 
@@ -118,7 +121,7 @@ def train(model, loader, criterion, optimizer, device) -> float:
     """One epoch of mini-batch SGD; returns the mean training loss per sample."""
     model.train()  # training mode: dropout and batch norm (none here) behave as in training
     total, n = torch.zeros((), device=device), 0
-    for x, y in loader:
+    for x, y in progress_bar(loader):  # Part 2: a bar on a terminal, if the epoch is long
         x, y = x.to(device), y.to(device)  # (B, F), (B, 1)
         optimizer.zero_grad()  # backward() adds to .grad, so clear last step's gradients
         pred = model(x)  # (B, 1), the same shape as y: MSELoss must not broadcast
@@ -224,6 +227,7 @@ def main(argv=None):
             model, _ = load_model(f"{args.out}/model.pt", device)
             preds = test(model, make_loader(test_set, args.batch_size, shuffle=False), device)
             report(args.out, preds, test_set, data.y[data.train_rows], run)  # Part 2
+            draw_pictures(args.out, run, model, valid_set, test_set, preds, device)  # Part 2
 
 
 # ============================ Part 2: what a real run adds ============================
@@ -516,7 +520,7 @@ def parse_args(argv):
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, cuda:N or mps; auto takes a GPU when there is one")
     p.add_argument("--out", default="runs",
-                   help="directory for model.pt, last.pt, predictions.csv and metrics.json")
+                   help="directory for the checkpoints, predictions, metrics and pictures")
     p.add_argument("--resume", metavar="LAST_PT",
                    help="continue the run saved in this last.pt, with its settings")
     args = p.parse_args(argv)
@@ -539,7 +543,7 @@ def checked_device(name) -> torch.device:
 
 
 # --- Crash-safe saves, and checkpoints checked like any input ---
-OUTPUTS = ("model.pt", "last.pt", "predictions.csv", "metrics.json")
+OUTPUTS = ("model.pt", "last.pt", "predictions.csv", "metrics.json", "loss.png", "predictions.png")
 MODEL_KEYS = ("model", "mean", "std", "target_low", "target_span", "target_name")  # model.pt
 
 
@@ -791,6 +795,33 @@ def report(out, preds, test_set, train_targets, run):
               f"predicting the mean training target scores {baseline * stats.target_span**2:.5g}")
 
 
+# --- Seeing the run: two pictures (minitorch_pictures.py), and a progress bar ---
+def draw_pictures(out, run, model, valid_set, test_set, test_preds, device) -> dict:
+    """loss.png, the learning curve of the whole run, and predictions.png, the best model's
+    predictions against the truth on the validation rows (and the test rows, when the test
+    file has targets), in the target's units. Returns the figures, by file name."""
+    stats = test_set.stats
+    valid_preds = test(model, make_loader(valid_set, 1024, shuffle=False), device)
+    pairs = [(valid_set.dataset.y[valid_set.indices], valid_preds), (test_set.y, test_preds)]
+    points = [stats.in_target_units(t.double()).squeeze(1).numpy()
+              for true, pred in pairs if true is not None for t in (true, pred)]
+    figures = {"loss.png": pictures.loss_figure(run["history"], run["best_epoch"]),
+               "predictions.png": pictures.predictions_figure(*points)}
+    for name, fig in figures.items():
+        with atomic_file(f"{out}/{name}") as f:
+            fig.savefig(f, format="png")
+    return figures
+
+
+def progress_bar(loader):
+    """On a terminal, a tqdm bar over an epoch's batches, shown once the epoch has taken 2 s
+    (a short one never shows it) and cleared at its end, so the epoch lines stay as they are.
+    Elsewhere (a log, a pipe, CI, another rank) the loader itself: nothing added, no cost."""
+    if not sys.stdout.isatty():
+        return loader
+    return tqdm(loader, delay=2, leave=False, unit="batch", file=sys.stdout)
+
+
 # --- torchrun: N copies of this file (ranks) train as one ---
 def join_torchrun(device) -> torch.device:
     """Under torchrun (it sets LOCAL_RANK), join the process group: nccl between GPUs, where
@@ -846,12 +877,13 @@ def fetching_whole_batches(loader, sampler=None) -> DataLoader:
     """`loader`'s batches, in its sampler's order (or `sampler`'s), each fetched as one slice.
 
     The notes' DataLoader calls __getitem__ once per row and stacks the B rows
-    (test_per_item_loader_calls_getitem_once_per_row): an epoch at batch 16 takes 1.31 times
-    as long as the same steps over tensors already in memory, 5.21 times at batch 256 (make
-    bench). CsvDataset holds its rows in one tensor, so here __getitem__ gets a tensor of the
-    batch's row indices and answers with one slice: 1.05 and 1.07 times (Dataset.__getitems__,
-    PyTorch's own hook for this: 1.02 and 1.80). batch_size=None: nothing to stack;
-    collate_fn=tuple: nothing to convert.
+    (test_per_item_loader_calls_getitem_once_per_row): an epoch at batch 16 takes 1.31 to 1.54
+    times as long as the same steps over tensors already in memory, 4.89 to 5.21 times at batch
+    256 (make bench, over runs). CsvDataset holds its rows in one tensor, so here __getitem__
+    gets a tensor of the batch's row indices and answers with one slice: 1.05 to 1.22 times,
+    at either size (Dataset.__getitems__, PyTorch's own hook for this, takes 1.36 to 1.80
+    times at batch 256).
+    batch_size=None: nothing to stack; collate_fn=tuple: nothing to convert.
     """
     sampler = loader.sampler if sampler is None else sampler
     batches = TensorBatchSampler(sampler, loader.batch_size, drop_last=False)

@@ -11,6 +11,7 @@ computation (by hand, in float64 NumPy), never against the code under test.
 
 import csv
 import fcntl
+import io
 import json
 import os
 import signal
@@ -847,7 +848,7 @@ def test_main_builds_the_notes_loaders_and_optimizer(tmp_path, monkeypatch):
     monkeypatch.setattr(ml, "make_loader", recording_make_loader)
     monkeypatch.setattr(torch.optim, "SGD", RecordingSGD)
     run_main(tmp_path, 3, True, "--epochs", "1", "--lr", "0.25")
-    assert sorted(loaders) == [(60, False), (100, False), (240, True)]  # valid, test, train
+    assert set(loaders) == {(60, False), (100, False), (240, True)}  # valid, test, train
     (optimizer,) = optimizers
     assert optimizer.defaults["lr"] == 0.25 and optimizer.defaults["momentum"] == 0
 
@@ -857,6 +858,60 @@ def test_the_same_seed_gives_the_same_loss_history(tmp_path):
     runs = [metrics(run_main(tmp_path / f"run{i}", 3, True, "--epochs", "3", "--seed", seed)[0])
             for i, seed in enumerate(["1", "1", "2"])]
     assert runs[0]["history"] == runs[1]["history"] != runs[2]["history"]
+
+
+# --- Seeing the run: pictures and a progress bar ---
+
+def test_a_run_draws_its_history_and_its_validation_predictions(tmp_path, monkeypatch):
+    """loss.png and predictions.png are PNGs that read back; the curve is metrics.json's
+    history with best_epoch marked; the scatter holds one point per validation row at (true,
+    predicted by model.pt), in the target's units."""
+    from matplotlib.image import imread
+    drawn = {}
+    monkeypatch.setattr(ml, "draw_pictures", lambda *a: drawn.update(real_draw(*a)))
+    out, x, y = run_main(tmp_path, 3, False, "--epochs", "3")
+    for name in ("loss.png", "predictions.png"):
+        height, width, _ = imread(out / name).shape
+        assert 200 <= height <= 2000 and 200 <= width <= 2000
+    lines = {line.get_label(): line for line in drawn["loss.png"].axes[0].get_lines()}
+    history, best = metrics(out)["history"], metrics(out)["best_epoch"]
+    assert list(lines["validation"].get_ydata()) == [h["valid_loss"] for h in history]
+    assert list(lines["training"].get_ydata()) == [h["train_loss"] for h in history]
+    assert set(lines[f"best epoch ({best}): kept"].get_xdata()) == {best}
+    data = ml.CsvDataset(out.parent / "train.csv", valid_ratio=0.2)
+    rows, train_rows = data.valid_rows.numpy(), data.train_rows.numpy()
+    model, _ = ml.load_model(out / "model.pt")
+    span = scaled_by_hand(y[:300], train_rows)[1]
+    low = y[:300][train_rows].min() - 0.05 * span
+    predicted = forward_by_hand(weights(model), standardised(x[:300], train_rows)[rows])[2]
+    dots = drawn["predictions.png"].axes[0].collections
+    assert len(dots) == 1, "no test targets, no test dots"
+    close(dots[0].get_offsets(), np.column_stack([y[rows], predicted[:, 0] * span + low]))
+
+
+real_draw = ml.draw_pictures
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_progress_bar_only_on_a_terminal(monkeypatch, capsys):
+    """Output to a file or a pipe gets the loader itself (no bar, no cost); a terminal a
+    tqdm bar over the same batches."""
+    loader = [(torch.ones(2, 1), torch.ones(2, 1))] * 3
+    assert ml.progress_bar(loader) is loader
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    bar = ml.progress_bar(loader)
+    assert bar is not loader and list(bar) == loader
+
+
+def test_a_run_into_a_file_prints_only_its_lines(tmp_path, capsys):
+    """Not a terminal: the output is the run's lines, with no progress bar in between."""
+    run_main(tmp_path, 3, True, "--epochs", "2")
+    out = capsys.readouterr().out
+    assert "\r" not in out and "batch" not in out and len(out.splitlines()) == 4
 
 
 # --- Never trust a file: bad input stops with one line and exit code 2, damaging nothing ---
