@@ -248,7 +248,7 @@ def one_line_errors(argv):
     an ExitStack for what must be undone at the end (the lock on --out); under torchrun the
     process group is left, whatever ends the run."""
     started, stdout = time.time(), sys.stdout
-    sys.stdout = QuietWhenPipeCloses(stdout)
+    sys.stdout = QuietWhenPipeCloses(stdout or open(os.devnull, "w"))  # noqa: SIM115 (>&-)
     try:
         with contextlib.ExitStack() as cleanup:
             yield cleanup
@@ -265,8 +265,14 @@ def one_line_errors(argv):
 
 
 def say_error(line):
-    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank meets the same error
-        print(line, file=sys.stderr)
+    """The line on stderr (a newline in a file's name would break it: shown as \\n), from rank
+    0 only: under torchrun every rank meets the same error."""
+    if not dist.is_initialized() and "LOCAL_RANK" in os.environ:  # torchrun, before joining
+        rank = int(os.environ.get("RANK", "0"))
+    else:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        print(line.replace("\n", "\\n").replace("\r", "\\r"), file=sys.stderr)
 
 
 def interrupted(argv, started) -> str:
@@ -284,7 +290,7 @@ def interrupted(argv, started) -> str:
 class QuietWhenPipeCloses:
     """sys.stdout for the run. When the program reading a pipe exits (| head -1), print would
     raise BrokenPipeError and stop the run halfway through its files; instead the rest of the
-    output goes to os.devnull."""
+    output goes to os.devnull. The same for any other failed write (> /dev/full)."""
 
     def __init__(self, stream):
         self.stream = stream
@@ -293,7 +299,7 @@ class QuietWhenPipeCloses:
         try:
             self.stream.write(text)
             self.stream.flush()  # now, while we can catch it, not at exit
-        except BrokenPipeError:
+        except OSError:  # BrokenPipeError among them
             os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
         return len(text)
 
@@ -493,9 +499,14 @@ def bounded(kind, low, high):
 
 # What last.pt keeps of the flags, and how each is checked, from a command line or a file.
 # The largest counts fit int64; seeds beyond 32 bits would alias in the random generators.
-SETTINGS = {"seed": bounded(int, 0, 2**32 - 1), "valid_ratio": bounded(float, 0, 1),
-            "lr": bounded(float, 0, FLOAT32_MAX), "batch_size": bounded(int, 1, 2**63 - 1),
-            "epochs": bounded(int, 1, 2**63 - 1), "patience": bounded(int, 1, 2**63 - 1)}
+SETTINGS = {
+    "seed": bounded(int, 0, 2**32 - 1),
+    "valid_ratio": bounded(float, 0, 1),
+    "lr": bounded(float, float(np.finfo(np.float32).tiny), FLOAT32_MAX),  # > 0 in float32 too
+    "batch_size": bounded(int, 1, 2**63 - 1),
+    "epochs": bounded(int, 1, 2**63 - 1),
+    "patience": bounded(int, 1, 2**63 - 1),
+}
 FIXED_SETTINGS = ("seed", "valid_ratio")  # they pick the validation rows: a resume keeps them
 
 
@@ -567,14 +578,17 @@ def atomic_file(path):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~os.umask(os.umask(0)))  # tempfile's 0600 -> what open() gives
+        umask = os.umask(0)  # read it (os.umask sets a new one and returns the old one) ...
+        os.umask(umask)  # ... and put it back
+        os.chmod(tmp, 0o666 & ~umask)  # tempfile's 0600 -> what open() would have given
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
-        if isinstance(e, OSError):
-            raise InputError(f"{path}: cannot write it ({e.strerror or e})") from None
+        cause = e if isinstance(e, OSError) else e.__context__  # torch.save: a RuntimeError
+        if isinstance(cause, OSError):
+            raise InputError(f"{path}: cannot write it ({cause.strerror or cause})") from None
         raise
 
 
@@ -587,9 +601,12 @@ def save_checkpoint(checkpoint, path):
 def refusing_bad_checkpoints(path):
     """Around torch.load: a missing file, a file that is no torch.save archive, one that holds
     more than tensors and plain values, or a damaged one, each becomes one InputError."""
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a torn one has no end
+    try:
+        with open(path, "rb") as f:
+            is_zip = zipfile.is_zipfile(f)
+    except OSError as e:  # missing, a directory, not readable
+        raise InputError(f"{path}: {e.strerror}") from None
+    if not is_zip:  # torch.save writes a zip archive; a torn one has no end
         raise InputError(f"{path}: not a checkpoint (truncated, or not from torch.save)")
     try:
         with warnings.catch_warnings(action="ignore"):  # the one-line error says it all
@@ -643,16 +660,17 @@ def check_run_state(run):
         parse(repr(value))
     epoch, history, best_epoch = run["epoch"], run["history"], run["best_epoch"]
     assert type(epoch) is int and type(best_epoch) is int and 1 <= best_epoch <= epoch, "epoch"
+    assert isinstance(history, list) and len(history) == epoch, "history"
     assert [h["epoch"] for h in history] == list(range(1, epoch + 1)), "history"
-    assert all(math.isfinite(h[k]) for h in history for k in ("train_loss", "valid_loss"))
+    assert all(type(h[k]) is float and 0 <= h[k] < math.inf for h in history
+               for k in ("train_loss", "valid_loss")), "losses"
     assert run["best_loss"] == history[best_epoch - 1]["valid_loss"], "best_loss"
     check_model_state(run["best"])
     assert all(equal(run["best"][name], run[name]) for name in Scaling._fields), "best"
     assert isinstance(run["data"], str), "data"
     model = MLP(len(run["mean"]))
     make_optimizer(model, run["settings"]["lr"]).load_state_dict(run["optimizer"])
-    rng = run["rng"]
-    assert isinstance(rng, torch.Tensor) and rng.shape == torch.get_rng_state().shape, "rng"
+    torch.Generator().set_state(run["rng"])  # raises if it is no state of the generator
 
 
 # --- Resume: last.pt holds the whole run, so a stopped run continues bit for bit ---
@@ -664,7 +682,7 @@ def load_stopped_run(args) -> dict | None:
     """With --resume, the stopped run's state. Its settings replace the flags' defaults; a flag
     typed with another value takes effect with a note, except --seed and --valid-ratio, which
     fix the validation rows: another value there is refused."""
-    if not args.resume:
+    if args.resume is None:
         return None
     stopped = checked_checkpoint(load_checkpoint(args.resume), args.resume, RESUME_KEYS)
     for name, saved in stopped["settings"].items():
@@ -702,8 +720,10 @@ def new_or_resumed_run(stopped, model, optimizer, data, device, args, cleanup) -
                   "a larger --patience goes on")
             args.epochs = run["epoch"]
     make_out_dir(args.out, cleanup)
-    if stopped is not None:  # the best model so far, in this --out too
+    if stopped is not None and run["epoch"] >= args.epochs:  # no epoch to train: write it now
         save_checkpoint(run["best"], f"{args.out}/model.pt")
+    elif stopped is not None:  # this --out gets the best model so far with the next epoch's
+        run["model_pt_behind"] = True  # files, not before: a run that fails writes nothing
     print(f"{len(data.train_rows)} training rows, {len(data.valid_rows)} validation rows, "
           f"{data.x.shape[1]} features; device {device}")
     return run
@@ -770,6 +790,8 @@ def save_last_pt(run, epoch, model, optimizer, train_loss, valid_loss, out):
                        **{name: run[name] for name in Scaling._fields}}
     run.update(epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
                rng=torch.get_rng_state())
+    if run.pop("model_pt_behind", False) and run["best_epoch"] != epoch:
+        save_checkpoint(run["best"], f"{out}/model.pt")
     save_checkpoint(run, f"{out}/last.pt")
 
 
@@ -832,7 +854,10 @@ def join_torchrun(device) -> torch.device:
     if device.type == "cuda":
         device = checked_device(f"cuda:{os.environ['LOCAL_RANK']}")
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    except ValueError as e:  # LOCAL_RANK set by hand, without the rest torchrun sets
+        raise InputError(f"LOCAL_RANK is set but this is no torchrun job ({e})") from None
     if not writes_files():
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     return device

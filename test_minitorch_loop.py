@@ -1008,11 +1008,12 @@ BAD_FLAGS = [
     (["--batch-size", str(2**64)], "argument --batch-size: must be from 1 to"),
     (["--seed", "4294967296"], "argument --seed: must be from 0 to 4294967295"),  # aliases 0
     (["--seed", "-1"], "argument --seed: must be from 0 to 4294967295"),
-    (["--lr", "1e308"], "argument --lr: must be above 0 and below 3.40282e+38"),
-    (["--lr", "0"], "argument --lr: must be above 0"),
-    (["--lr", "-0.1"], "argument --lr: must be above 0"),
-    (["--lr", "nan"], "argument --lr: must be above 0"),
-    (["--lr", "inf"], "argument --lr: must be above 0"),
+    (["--lr", "1e308"], "argument --lr: must be above 1.17549e-38 and below 3.40282e+38"),
+    (["--lr", "1e-46"], "argument --lr: must be above 1.17549e-38"),  # 0 in float32
+    (["--lr", "0"], "argument --lr: must be above 1.17549e-38"),
+    (["--lr", "-0.1"], "argument --lr: must be above 1.17549e-38"),
+    (["--lr", "nan"], "argument --lr: must be above 1.17549e-38"),
+    (["--lr", "inf"], "argument --lr: must be above 1.17549e-38"),
     (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
     (["--valid-ratio", "1"], "argument --valid-ratio: must be above 0 and below 1"),
     (["--patience", "0"], "argument --patience: must be from 1 to"),
@@ -1225,6 +1226,11 @@ CRAFTED = {  # what a hostile or damaged last.pt changes -> how
     "an empty optimizer state": lambda c: c.update(optimizer={}),
     "a random generator state of the wrong size": lambda c: c.update(rng=torch.zeros(3)),
     "a std of zero": lambda c: c["std"].zero_(),
+    "a random generator state of floats": lambda c: c.update(rng=c["rng"].float()),
+    "a random generator state that is none": lambda c: c["rng"].fill_(255),
+    "an epoch of 2**40": lambda c: c.update(epoch=2**40),
+    "a loss as a tensor": lambda c: c["history"][0].update(train_loss=torch.tensor(0.5)),
+    "a negative loss": lambda c: c["history"][0].update(valid_loss=-1.0),
 }
 
 
@@ -1336,15 +1342,81 @@ def test_a_directory_where_an_output_goes_is_found_before_training(capsys, previ
     assert "epoch" not in capsys.readouterr().out
 
 
-def test_under_torchrun_only_rank_0_prints_an_error(tmp_path, monkeypatch, capsys):
-    """Every rank meets the same bad file; one line in all, from rank 0."""
+def test_under_torchrun_only_rank_0_prints_an_error(monkeypatch, capsys):
+    """Every rank meets the same bad flag; one line in all, from rank 0. A RANK left in the
+    environment of a plain run (no LOCAL_RANK: no torchrun) silences nothing."""
     errors = []
-    for rank in ("1", "0"):
+    for local_rank, rank in (("1", "1"), ("0", "0"), (None, "1")):
+        if local_rank is None:
+            monkeypatch.delenv("LOCAL_RANK")
+        else:
+            monkeypatch.setenv("LOCAL_RANK", local_rank)
         monkeypatch.setenv("RANK", rank)
         with pytest.raises(SystemExit):
-            ml.main(["--train", str(tmp_path / "none.csv"), "--out", str(tmp_path)])
+            ml.main(["--lr", "0"])
         errors.append(capsys.readouterr().err)
-    assert errors == ["", f"error: {tmp_path / 'none.csv'}: No such file or directory\n"]
+    assert errors[0] == "" and errors[1] == errors[2] != "" and errors[1].count("\n") == 1
+
+
+def test_files_get_the_permissions_of_the_umask(tmp_path):
+    """tempfile makes its files 0600; a saved file gets what open() would give: 0644 under
+    umask 022, never writable by others."""
+    old = os.umask(0o022)
+    try:
+        ml.save_checkpoint({"w": torch.ones(2)}, tmp_path / "model.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model.pt").stat().st_mode & 0o777 == 0o644
+
+
+WRITES_A_BIG_FILE = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+import minitorch_loop as ml
+resource.setrlimit(resource.RLIMIT_FSIZE, (15_000, 15_000))  # a disk that fills up
+ml.main(["--out", {out!r}, "--train", {train!r}, "--test", {test!r}, "--epochs", "1"])
+"""
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_old_files(tmp_path):
+    """torch.save on a full disk (here: a file size limit) raises a RuntimeError that hides
+    the OSError: still one line, exit 2, no temporary file left, the old file whole."""
+    x, y = regression(300, 30, seed=0)  # last.pt of a 30-feature model: over 15 kB
+    train, test = write_csv(tmp_path / "t.csv", x, y), write_csv(tmp_path / "u.csv", x[:5])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"an earlier run's last.pt")
+    script = WRITES_A_BIG_FILE.format(root=str(Path(ml.__file__).parent), out=str(out),
+                                      train=str(train), test=str(test))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "cannot write it (File too large)" in done.stderr
+    assert (out / "last.pt").read_bytes() == b"an earlier run's last.pt"
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp") or p.startswith(".")]
+
+
+def test_an_empty_resume_is_a_missing_file(capsys, previous_run, tmp_path):
+    """--resume "" names no checkpoint: refused, not taken for no --resume."""
+    assert "No such file or directory" in fails(capsys, previous_run, tmp_path, "--resume", "")
+
+
+def test_a_resume_into_another_out_that_fails_writes_nothing(capsys, previous_run, tmp_path):
+    """The best model so far reaches a new --out with the first finished epoch, not before:
+    a resumed run that diverges at once leaves that --out as it was."""
+    line = fails(capsys, previous_run, tmp_path, "--resume", previous_run / "out" / "last.pt",
+                 "--epochs", "5", "--lr", "1e30")
+    assert "the run diverged" in line
+
+
+def test_a_closed_stdout_changes_nothing(tmp_path):
+    """python minitorch_loop.py >&- (stdout closed): the run ends with its files, exit 0."""
+    command = (f"exec {sys.executable} {ml.__file__} --epochs 1 --train {DATA / 'train.csv'} "
+               f"--test {DATA / 'test.csv'} >&-")
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert metrics(tmp_path / "runs")["best_epoch"] == 1
 
 
 def start_run(tmp_path, *flags, **popen):
