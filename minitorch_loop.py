@@ -6,8 +6,8 @@ Part 1 tells the notes' story in their order: Step 1 Dataset and DataLoader, Ste
 Step 3 the loss, Step 4 the optimizer, train / validate / test, save / load, and main(), the run.
 Tensors (notes 二) are in every step: shapes in trailing comments (# (B, F)), devices in
 pick_device and .to(device), gradients in train(); test_minitorch_loop.py, section 二, shows
-squeeze, unsqueeze, transpose, cat and requires_grad. Part 2 holds what a real run adds
-(checked input, crash-safe saves, resume, torchrun, speed); Part 1 calls it by name.
+squeeze, unsqueeze, transpose, cat and requires_grad. Part 2, which Part 1 calls by name, holds
+what a real run adds: checked input, scaling, safe saves, resume, torchrun, speed, pictures.
 """
 
 import argparse
@@ -43,19 +43,18 @@ import minitorch_pictures as pictures
 
 # --- Step 1 (notes 一): read data into a Dataset, serve it in batches with a DataLoader ---
 class CsvDataset(Dataset):
-    """A CSV as a Dataset: a header row, then numbers, the target last (an `id` column first
-    holds row ids, not a feature). __init__ reads it once: a training file (stats=None) holds
-    out valid_ratio of its rows for validation, and every file is scaled with the statistics of
-    the training rows (the model never peeks)."""
+    """A CSV as a Dataset: a header row, numbers, the target last (a first column `id`: row ids).
+    __init__ reads it once; a training file (stats=None) holds out valid_ratio of its rows for
+    validation; every file is scaled with the training rows' statistics (the model never peeks)."""
 
     def __init__(self, path, stats=None, valid_ratio=0.0, seed=0):
         table = read_table(path, stats, valid_ratio)  # Part 2: numbers, checked; ids apart
-        features = torch.from_numpy(table.features)  # (N, F) float64
+        features = torch.from_numpy(table.features)  # (N, F) float64: all feature columns
         # A seeded shuffle picks the validation rows: the same seed, the same split.
         order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
         n_valid = round(valid_ratio * len(features))
         self.valid_rows, self.train_rows = order[:n_valid], order[n_valid:]
-        self.stats = Scaling.fit(table, self.train_rows) if stats is None else stats  # Part 2
+        self.stats = Scaling.fit(features, table, self.train_rows) if stats is None else stats
         # (x - mean) / std, in place after one copy; float32 like the weights (dtypes must agree)
         self.x = torch.sub(features, self.stats.mean).div_(self.stats.std).float()  # (N, F)
         self.y = None if table.target is None else self.stats.scaled(table.target)  # (N, 1)
@@ -214,6 +213,7 @@ def main(argv=None):
         data = CsvDataset(args.train, valid_ratio=args.valid_ratio, seed=args.seed)
         train_set, valid_set = Subset(data, data.train_rows), Subset(data, data.valid_rows)
         test_set = CsvDataset(args.test, stats=data.stats)  # read now: a bad file stops us early
+        check_float32_range(test_set, args.test)  # Part 2: scaled, its values still fit float32
         sampler = this_ranks_share(train_set, args.seed)  # Part 2: under torchrun; else None
         loaders = (make_loader(train_set, args.batch_size, shuffle=True, sampler=sampler),
                    make_loader(valid_set, args.batch_size, shuffle=False))
@@ -323,13 +323,13 @@ def read_table(path, stats=None, valid_ratio=0.0) -> Table:
     file's `stats` (its features, the target optional). A first column named id (any case)
     holds row ids: kept apart, never a feature. A training file must leave rows to train on
     after valid_ratio, and a target with some spread."""
-    header, table = read_csv(path, stats)
+    header, table = read_csv(path)
     ids = list(range(len(table)))
     if has_ids(header):
         ids = [int(i) if i.is_integer() else i for i in table[:, 0].tolist()]
         header, table = header[1:], table[:, 1:]
     n_rows, n_columns = table.shape
-    n_features = n_columns - 1 if stats is None else len(stats.mean)
+    n_features = n_columns - 1 if stats is None else stats.file_features or len(stats.mean)
     if n_features < 1:
         raise InputError(f"{path}: no feature columns; it needs features, then the target last")
     if n_columns not in (n_features, n_features + 1):
@@ -357,14 +357,15 @@ class Scaling(NamedTuple):
     target_low: float = 0.0
     target_span: float = 1.0
     target_name: str = "prediction"
+    file_features: int | None = None  # feature columns in the file: F, or more if some are
+    #                                   left out (CsvDataset: features = table.features[:, :8])
 
     @staticmethod
-    def fit(table, rows):
-        features, target = torch.from_numpy(table.features[rows]), table.target[rows]
-        std = features.std(0)  # a constant column gets std 1, so it standardises to 0
-        low, span = target_range(target)  # [min, max] -> [0.05, 0.95]
-        return Scaling(features.mean(0), torch.where(std > 0, std, 1.0), low, span,
-                       table.target_name)
+    def fit(features, table, rows):  # `features`: those of `table` the model takes, (N, F)
+        std = features[rows].std(0)  # a constant column gets std 1, so it standardises to 0
+        low, span = target_range(table.target[rows])  # [min, max] -> [0.05, 0.95]
+        return Scaling(features[rows].mean(0), torch.where(std > 0, std, 1.0), low, span,
+                       table.target_name, table.features.shape[1])
 
     def scaled(self, target):  # (N, 1) float64 in the target's units -> float32 y'
         return torch.from_numpy((target - self.target_low) / self.target_span).float()
@@ -386,10 +387,10 @@ def target_range(target) -> tuple[float, float]:
     return low - TARGET_MARGIN * span, span
 
 
-def read_csv(path, stats=None) -> tuple[list[str], np.ndarray]:
+def read_csv(path) -> tuple[list[str], np.ndarray]:
     """A numeric CSV with a header row -> (column names, (N, C) float64 table), read once (a
-    pipe, as in --train <(...), cannot be read twice). Every cell must fit float32, the model's
-    dtype, and with a training file's `stats` so must the values scaled with them."""
+    pipe, as in --train <(...), cannot be read twice). Every cell must fit float32, the
+    model's dtype."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as file:  # utf-8-sig: drop a BOM
             f = file if file.seekable() else io.StringIO(file.read())
@@ -398,7 +399,7 @@ def read_csv(path, stats=None) -> tuple[list[str], np.ndarray]:
             check_header(path, header, table)
             if table is None or table.shape[1] != len(header):
                 raise InputError(f"{path}: {first_bad_cell(f, header)}")
-            bad = np.argwhere(~(np.abs(standardised(table, header, stats)) <= FLOAT32_MAX))
+            bad = np.argwhere(~(np.abs(table) <= FLOAT32_MAX))  # NaN, inf or too large
             if len(bad):
                 raise InputError(f"{path}: {first_bad_cell(f, header, *bad[0])}")
     except OSError as e:
@@ -432,22 +433,18 @@ def check_header(path, header, table):
         raise InputError(f"{path}: a header but no data rows")
 
 
+def check_float32_range(dataset, path):
+    """A test row far outside the training rows' range can overflow float32 once scaled with
+    their statistics (a cell of 1e36 where their std is 0.001): one line, before training."""
+    for name, values in (("feature", dataset.x), ("target", dataset.y)):
+        if values is not None and not torch.isfinite(values).all():
+            row, column = (int(i) + 1 for i in (~torch.isfinite(values)).nonzero()[0])
+            raise InputError(f"{path}: row {row}, {name} {column}: too far from the training "
+                             "rows' values; scaled with their statistics, it overflows float32")
+
+
 def has_ids(header) -> bool:
     return header[0].strip().lower() == "id"
-
-
-def standardised(table, header, stats) -> np.ndarray:
-    """The table as the model will see it, given a training file's `stats`: the features
-    standardised, the target scaled (an id column as it is)."""
-    if stats is None:
-        return table
-    first, n = int(has_ids(header)), len(stats.mean)
-    scaled = table.copy()
-    with np.errstate(over="ignore"):  # an overflow is what the caller looks for
-        scaled[:, first:first + n] -= stats.mean.numpy()[:table.shape[1] - first]
-        scaled[:, first:first + n] /= stats.std.numpy()[:table.shape[1] - first]
-        scaled[:, first + n:] = (scaled[:, first + n:] - stats.target_low) / stats.target_span
-    return scaled
 
 
 def is_number(text) -> bool:
@@ -459,7 +456,7 @@ def is_number(text) -> bool:
 
 def first_bad_cell(f, header, row=None, column=None) -> str:
     """Where the table in `f` breaks: a row of the wrong width, a cell that is not a number,
-    or the cell at (`row`, `column`) of the table, which is too large for float32."""
+    or the cell at (`row`, `column`) of the table, too large for float32."""
     f.seek(0)
     reader = csv.reader(f)
     next(reader)
@@ -470,9 +467,7 @@ def first_bad_cell(f, header, row=None, column=None) -> str:
         bad = [j for j, cell in enumerate(cells) if not is_number(cell)]
         if bad or i == row:
             j = bad[0] if bad else column
-            problem = ("is not a finite number" if bad else "is too large for float32" if
-                       abs(float(cells[j])) > FLOAT32_MAX else "is too far from the training "
-                       "rows' values: scaled, it overflows float32")
+            problem = "is not a finite number" if bad else "is too large for float32"
             return f"{where}, column {j + 1} ({header[j]}): {cells[j]!r} {problem}"
     return "not a table of numbers"  # what numpy refuses and float() takes, as 1_000
 
@@ -555,7 +550,7 @@ def checked_device(name) -> torch.device:
 
 # --- Crash-safe saves, and checkpoints checked like any input ---
 OUTPUTS = ("model.pt", "last.pt", "predictions.csv", "metrics.json", "loss.png", "predictions.png")
-MODEL_KEYS = ("model", "mean", "std", "target_low", "target_span", "target_name")  # model.pt
+MODEL_KEYS = ("model", *Scaling._fields)  # model.pt: the weights and how to scale their input
 
 
 @contextlib.contextmanager
@@ -624,19 +619,20 @@ def checked_checkpoint(checkpoint, path, keys=MODEL_KEYS) -> dict:
     if not isinstance(checkpoint, dict) or not set(keys) <= checkpoint.keys():
         raise InputError(f"{path}: not a minitorch_loop checkpoint (it needs {', '.join(keys)})")
     try:
-        check_model_state(checkpoint)
+        check_model_state(checkpoint, path)
         if "settings" in keys:
-            check_run_state(checkpoint)
-    except (AssertionError, ArithmeticError, LookupError, RuntimeError, TypeError,
-            ValueError, argparse.ArgumentTypeError) as e:
+            check_run_state(checkpoint, path)
+    except (AssertionError, ArithmeticError, AttributeError, LookupError, RuntimeError,
+            TypeError, ValueError, argparse.ArgumentTypeError) as e:
         detail = " ".join(str(e).split()) or "a bad value"  # on one line
         raise InputError(f"{path}: a damaged or foreign checkpoint ({detail}); start afresh "
                          "in a new --out") from None
     return checkpoint
 
 
-def check_model_state(checkpoint):
-    """Statistics of one size, finite, std > 0; weights that fit MLP(that size), finite."""
+def check_model_state(checkpoint, path):
+    """Statistics of one size, finite, std > 0; the target's scale; finite weights of the
+    network that MLP builds for that size, or one line that says how the two networks differ."""
     mean, std = checkpoint["mean"], checkpoint["std"]
     assert all(isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() == 1
                for t in (mean, std)) and 0 < len(mean) == len(std), "mean and std"
@@ -645,13 +641,27 @@ def check_model_state(checkpoint):
     assert type(low) is type(span) is float and math.isfinite(low) and 0 < span < math.inf, \
         "target_low, target_span"
     assert isinstance(checkpoint["target_name"], str), "target_name"
-    MLP(len(mean)).load_state_dict(checkpoint["model"])  # raises if any tensor does not fit
-    assert all(torch.isfinite(w).all() for w in checkpoint["model"].values()), "weights"
+    n_file = checkpoint["file_features"]
+    assert type(n_file) is int and n_file >= len(mean), "file_features"
+    weights, built = checkpoint["model"], MLP(len(mean)).state_dict()
+    assert isinstance(weights, dict) and all(isinstance(w, torch.Tensor)
+                                             for w in weights.values()), "weights"
+    if {k: w.shape for k, w in weights.items()} != {k: w.shape for k, w in built.items()}:
+        raise InputError(f"{path}: its network has layers {layer_sizes(weights)}; MLP now builds "
+                         f"{layer_sizes(built)}: retrain (a new --out), or load it with the code "
+                         "that trained it")
+    assert all(torch.isfinite(w).all() for w in weights.values()), "weights"
 
 
-def check_run_state(run):
+def layer_sizes(state_dict) -> str:
+    """The sizes a network's Linear layers map between, as 32-64-1, from their weights."""
+    shapes = [w.shape for w in state_dict.values() if w.dim() == 2]  # (out, in) each
+    return "-".join(str(n) for n in [shapes[0][1], *(shape[0] for shape in shapes)])
+
+
+def check_run_state(run, path):
     """last.pt's own values: the settings, the epochs and their history, the best model so
-    far, the optimizer's state and the random generator's."""
+    far, the optimizer's class, settings and state, and the random generator's state."""
     assert isinstance(run["settings"], dict) and run["settings"].keys() == SETTINGS.keys(), \
         f"settings {run['settings']!r}"
     for name, value in run["settings"].items():
@@ -665,17 +675,36 @@ def check_run_state(run):
     assert all(type(h[k]) is float and 0 <= h[k] < math.inf for h in history
                for k in ("train_loss", "valid_loss")), "losses"
     assert run["best_loss"] == history[best_epoch - 1]["valid_loss"], "best_loss"
-    check_model_state(run["best"])
+    check_model_state(run["best"], path)
     assert all(equal(run["best"][name], run[name]) for name in Scaling._fields), "best"
     assert isinstance(run["data"], str), "data"
     model = MLP(len(run["mean"]))
-    make_optimizer(model, run["settings"]["lr"]).load_state_dict(run["optimizer"])
+    check_same_optimizer(run, make_optimizer(model, run["settings"]["lr"]), model, path)
     torch.Generator().set_state(run["rng"])  # raises if it is no state of the generator
+
+
+def check_same_optimizer(run, optimizer, model, path):
+    """The optimizer that make_optimizer builds now, with the stopped run's class and settings
+    (the lr aside: --lr may change it), and a state that fits the model's parameters."""
+    saved, built = run["optimizer"]["param_groups"][0], optimizer.state_dict()["param_groups"][0]
+    if run["optimizer_class"] != type(optimizer).__name__ or saved.keys() != built.keys():
+        raise InputError(f"{path}: the stopped run's optimizer is {run['optimizer_class']}; "
+                         f"make_optimizer now builds {type(optimizer).__name__}: resume with the "
+                         "code it ran with, or start a new --out")
+    changed = [k for k in built if k not in ("params", "lr") and saved[k] != built[k]]
+    if changed:
+        settings = ", ".join(f"{k}={saved[k]} (now {built[k]})" for k in changed)
+        raise InputError(f"{path}: the stopped run's {run['optimizer_class']} had {settings}: "
+                         "resume with the code it ran with, or start a new --out")
+    optimizer.load_state_dict(run["optimizer"])
+    for param in model.parameters():
+        assert all(t.shape == param.shape for t in optimizer.state[param].values()
+                   if isinstance(t, torch.Tensor) and t.dim() > 0), "optimizer state"
 
 
 # --- Resume: last.pt holds the whole run, so a stopped run continues bit for bit ---
 RESUME_KEYS = (*MODEL_KEYS, "settings", "epoch", "history", "best_epoch", "best_loss", "best",
-               "optimizer", "rng", "data")
+               "optimizer", "optimizer_class", "rng", "data")
 
 
 def load_stopped_run(args) -> dict | None:
@@ -737,8 +766,8 @@ def fingerprint(data) -> str:
 def check_same_data(stopped, data, args):
     trained_on, given = len(stopped["mean"]), data.x.shape[1]
     if trained_on != given:
-        raise InputError(f"--resume {args.resume}: the stopped run trained on {trained_on} "
-                         f"features; {args.train} has {given}")
+        raise InputError(f"--resume {args.resume}: the stopped run's model takes {trained_on} "
+                         f"features; from {args.train} it now gets {given}")
     same_scaling = all(equal(stopped[name], value) for name, value in data.stats._asdict().items())
     if not same_scaling or stopped["data"] != fingerprint(data):
         raise InputError(f"--resume {args.resume}: the stopped run trained on other rows than "
@@ -789,7 +818,7 @@ def save_last_pt(run, epoch, model, optimizer, train_loss, valid_loss, out):
         run["best"] = {"model": copy.deepcopy(model.state_dict()),
                        **{name: run[name] for name in Scaling._fields}}
     run.update(epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
-               rng=torch.get_rng_state())
+               optimizer_class=type(optimizer).__name__, rng=torch.get_rng_state())
     if run.pop("model_pt_behind", False) and run["best_epoch"] != epoch:
         save_checkpoint(run["best"], f"{out}/model.pt")
     save_checkpoint(run, f"{out}/last.pt")
