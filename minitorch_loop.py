@@ -37,15 +37,13 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-import minitorch_pictures as pictures
-
 # ================================ Part 1: the notes' story ================================
 
 # --- Step 1 (notes 一): read data into a Dataset, serve it in batches with a DataLoader ---
 class CsvDataset(Dataset):
-    """A CSV as a Dataset: a header row, numbers, the target last (a first column `id`: row ids).
-    __init__ reads it once; a training file (stats=None) holds out valid_ratio of its rows for
-    validation; every file is scaled with the training rows' statistics (the model never peeks)."""
+    """A CSV as a Dataset: a header row, numbers, the target last. __init__ reads it once; a
+    training file (stats=None) holds out valid_ratio of its rows for validation; every file is
+    scaled with the training rows' statistics (not the validation or test rows': no peeking)."""
 
     def __init__(self, path, stats=None, valid_ratio=0.0, seed=0):
         table = read_table(path, stats, valid_ratio)  # Part 2: numbers, checked; ids apart
@@ -55,12 +53,13 @@ class CsvDataset(Dataset):
         n_valid = round(valid_ratio * len(features))
         self.valid_rows, self.train_rows = order[:n_valid], order[n_valid:]
         self.stats = Scaling.fit(features, table, self.train_rows) if stats is None else stats
-        # (x - mean) / std, in place after one copy; float32 like the weights (dtypes must agree)
+        # x' = (x - mean) / std in float64, then float32 like the weights (dtypes must agree)
         self.x = torch.sub(features, self.stats.mean).div_(self.stats.std).float()  # (N, F)
+        # y' = (y - target_low) / target_span, inside the Sigmoid's (0, 1); see Scaling, Part 2
         self.y = None if table.target is None else self.stats.scaled(table.target)  # (N, 1)
         self.ids = table.ids  # (N,): the id column, or 0 .. N-1
 
-    def __getitem__(self, i):  # row i: x (F,) and y (1,), or (x,) without a target
+    def __getitem__(self, i):  # row i: x (F,), y (1,); make_loader's B rows at once: (B, F)
         return (self.x[i],) if self.y is None else (self.x[i], self.y[i])
 
     def __len__(self):
@@ -156,7 +155,7 @@ def test(model, loader, device) -> torch.Tensor:
 
 # --- 六.5: save and load a model's state_dict ---
 def save_model(model, stats, path):
-    """model.pt: the state_dict (parameter name -> tensor) and the features' statistics."""
+    """model.pt: a dict of the state_dict (parameter name -> tensor), "model", and the scaling."""
     with atomic_file(path) as f:  # Part 2: a crash mid-save leaves the old file whole
         torch.save({"model": model.state_dict(), **stats._asdict()}, f)
 
@@ -164,16 +163,16 @@ def save_model(model, stats, path):
 def load_model(path, device="cpu") -> tuple[MLP, "Scaling"]:
     """The model saved in `path` (model.pt, or last.pt), on `device`, and its scaling."""
     checkpoint = load_checkpoint(path)
-    model = MLP(len(checkpoint["mean"]))
+    model = MLP(len(checkpoint["mean"]))  # as many inputs as features it was trained on
     model.load_state_dict(checkpoint["model"])
     return model.to(device), Scaling(*(checkpoint[name] for name in Scaling._fields))
 
 
-def load_checkpoint(path, device="cpu") -> dict:
+def load_checkpoint(path) -> dict:
     """A dict saved by torch.save. weights_only=True: a file from elsewhere cannot run code;
-    map_location puts tensors saved on a GPU on `device`, so a machine without one reads them."""
+    map_location puts tensors saved on a GPU on the CPU, so a machine without one reads them."""
     with refusing_bad_checkpoints(path):  # Part 2: a missing, torn or unsafe file: one line
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     return checked_checkpoint(checkpoint, path)  # Part 2: ... and it holds a model to rebuild
 
 
@@ -182,13 +181,13 @@ def fit(model, loaders, criterion, optimizer, device, stats, args, run):
     """Train and validate until args.epochs, or args.patience epochs without a better model."""
     train_loader, valid_loader = loaders
     ddp_model = ddp_wrapped(model)  # Part 2: under torchrun, steps in step with other ranks
-    for epoch in range(run["epoch"] + 1, args.epochs + 1):  # run: all that last.pt keeps
+    for epoch in range(run["epoch"] + 1, args.epochs + 1):  # run["epoch"]: 0, or resumed
         start = time.perf_counter()
         reshuffle_shares(train_loader, epoch)  # Part 2: under torchrun, new shares each epoch
         train_loss = train(ddp_model, train_loader, criterion, optimizer, device)
-        valid_loss = evaluate(model, valid_loader, criterion, device)  # the same weights
-        train_loss, valid_loss = mean_over_ranks([train_loss, valid_loss], device)  # Part 2
-        train_loss, valid_loss = (loss * stats.target_span**2 for loss in (train_loss, valid_loss))
+        valid_loss = evaluate(model, valid_loader, criterion, device)  # model: what ddp wraps
+        losses = mean_over_ranks([train_loss, valid_loss], device)  # Part 2: torchrun
+        train_loss, valid_loss = stats.mse_in_target_units(losses)  # Part 2: an MSE of y' -> of y
         check_finite(epoch, train_loss, valid_loss, args)  # Part 2: diverged? stop, save nothing
         improved = valid_loss < run["best_loss"]  # validation picks the model, never the test set
         if improved:
@@ -203,11 +202,11 @@ def fit(model, loaders, criterion, optimizer, device, stats, args, run):
 
 
 def main(argv=None):
-    """The run (六.1): data, loaders, model on its device, loss, optimizer; epochs; the test."""
+    """The run (六.1-六.5): data, loaders, model on its device, loss, optimizer; epochs; test."""
     with one_line_errors(argv) as cleanup:  # Part 2: bad input, Ctrl-C: one line, no traceback
         args = parse_args(argv)  # Part 2: the flags, each checked
         stopped = load_stopped_run(args)  # Part 2: with --resume, the stopped run's settings
-        torch.manual_seed(args.seed)  # one seed fixes the initial weights and the batch order
+        torch.manual_seed(args.seed)  # fixes the initial weights, the batch order (or: resumed)
         device = join_torchrun(pick_device(args.device))  # Part 2: torchrun: GPU LOCAL_RANK
         # Step 1: Datasets and DataLoaders; the validation rows come out of the training CSV
         data = CsvDataset(args.train, valid_ratio=args.valid_ratio, seed=args.seed)
@@ -223,7 +222,7 @@ def main(argv=None):
         optimizer = make_optimizer(model, args.lr)
         run = new_or_resumed_run(stopped, model, optimizer, data, device, args, cleanup)  # Part 2
         fit(model, loaders, criterion, optimizer, device, data.stats, args, run)
-        if writes_files():  # the best model, loaded back as a later prediction would load it
+        if writes_files():  # Part 2: torchrun's rank 0; the best model, loaded back from disk
             model, _ = load_model(f"{args.out}/model.pt", device)
             preds = test(model, make_loader(test_set, args.batch_size, shuffle=False), device)
             report(args.out, preds, test_set, data.y[data.train_rows], run)  # Part 2
@@ -370,8 +369,11 @@ class Scaling(NamedTuple):
     def scaled(self, target):  # (N, 1) float64 in the target's units -> float32 y'
         return torch.from_numpy((target - self.target_low) / self.target_span).float()
 
-    def in_target_units(self, y):  # y' -> y; an MSE of y' times target_span² is one of y
+    def in_target_units(self, y):  # y' -> y
         return y * self.target_span + self.target_low
+
+    def mse_in_target_units(self, losses):  # an MSE of y' times target_span² is one of y
+        return [loss * self.target_span**2 for loss in losses]
 
 
 TARGET_MARGIN = 0.05  # the training targets' [min, max] maps to [0.05, 0.95]
@@ -851,6 +853,8 @@ def draw_pictures(out, run, model, valid_set, test_set, test_preds, device) -> d
     """loss.png, the learning curve of the whole run, and predictions.png, the best model's
     predictions against the truth on the validation rows (and the test rows, when the test
     file has targets), in the target's units. Returns the figures, by file name."""
+    import minitorch_pictures as pictures  # here: only a run that draws pays for matplotlib
+
     stats = test_set.stats
     valid_preds = test(model, make_loader(valid_set, 1024, shuffle=False), device)
     pairs = [(valid_set.dataset.y[valid_set.indices], valid_preds), (test_set.y, test_preds)]
