@@ -212,7 +212,7 @@ def main(argv=None):
         data = CsvDataset(args.train, valid_ratio=args.valid_ratio, seed=args.seed)
         train_set, valid_set = Subset(data, data.train_rows), Subset(data, data.valid_rows)
         test_set = CsvDataset(args.test, stats=data.stats)  # read now: a bad file stops us early
-        check_float32_range(test_set, args.test)  # Part 2: scaled, its values still fit float32
+        check_float32_range((data, args.train), (test_set, args.test))  # Part 2: scaled, still fit
         sampler = this_ranks_share(train_set, args.seed)  # Part 2: under torchrun; else None
         loaders = (make_loader(train_set, args.batch_size, shuffle=True, sampler=sampler),
                    make_loader(valid_set, args.batch_size, shuffle=False))
@@ -311,38 +311,39 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model computes in float32
 
 
 class Table(NamedTuple):
-    features: np.ndarray  # (N, F) float64
+    features: np.ndarray  # (N, C) float64: every feature column of the file
     target: np.ndarray | None  # (N, 1) float64, or None: a test file may leave it out
-    ids: list  # (N,): the values of an `id` column, or 0 .. N-1
+    ids: list[str]  # (N,): the cells of an `id` column, as written, or 0 .. N-1
+    feature_names: list[str]
     target_name: str  # the header of the target column
+    path: str
 
 
 def read_table(path, stats=None, valid_ratio=0.0) -> Table:
     """A training CSV (stats=None: features, then the target), or a file read with a training
-    file's `stats` (its features, the target optional). A first column named id (any case)
-    holds row ids: kept apart, never a feature. A training file must leave rows to train on
-    after valid_ratio, and a target with some spread."""
-    header, table = read_csv(path)
-    ids = list(range(len(table)))
-    if has_ids(header):
-        ids = [int(i) if i.is_integer() else i for i in table[:, 0].tolist()]
-        header, table = header[1:], table[:, 1:]
+    file's `stats` (the same feature columns, the target optional). A first column named id
+    (any case) holds row ids: kept as text, never a feature. A training file must leave rows
+    to train on after valid_ratio."""
+    header, table, ids = read_csv(path)
     n_rows, n_columns = table.shape
-    n_features = n_columns - 1 if stats is None else stats.file_features or len(stats.mean)
+    names = stats and stats.feature_names  # None for a Scaling built by hand
+    n_features = n_columns - 1 if stats is None else len(names or stats.mean)
     if n_features < 1:
         raise InputError(f"{path}: no feature columns; it needs features, then the target last")
     if n_columns not in (n_features, n_features + 1):
         raise InputError(f"{path}: {n_columns} columns; expected the training file's "
                          f"{n_features} features, with the target after them or without")
-    target = table[:, n_features:] if n_columns > n_features else None
-    if stats is None and target.min() == target.max():
-        raise InputError(f"{path}: target {header[-1]} is {target[0, 0]:g} in every row: "
-                         "there is nothing to learn")
+    if names and header[:n_features] != names:  # a shifted column would train on nonsense
+        j = next(j for j, (a, b) in enumerate(zip(header, names, strict=False)) if a != b)
+        raise InputError(f"{path}: column {j + 1 + (ids is not None)} is {header[j]!r}; the "
+                         f"training file's is {names[j]!r}: it needs the same feature columns")
     n_valid = round(valid_ratio * n_rows)  # as CsvDataset splits
     if stats is None and (n_rows - n_valid < 2 or (valid_ratio > 0 and n_valid == 0)):
         raise InputError(f"{path}: {n_rows} rows are too few to hold out {valid_ratio:g} "
                          f"of them for validation and train on at least 2")
-    return Table(table[:, :n_features], target, ids, header[-1])
+    target = table[:, n_features:] if n_columns > n_features else None
+    ids = ids if ids is not None else [str(i) for i in range(n_rows)]
+    return Table(table[:, :n_features], target, ids, header[:n_features], header[-1], path)
 
 
 # --- Scale: the model sees standardised features and a target inside the Sigmoid's range ---
@@ -356,21 +357,21 @@ class Scaling(NamedTuple):
     target_low: float = 0.0
     target_span: float = 1.0
     target_name: str = "prediction"
-    file_features: int | None = None  # feature columns in the file: F, or more if some are
-    #                                   left out (CsvDataset: features = table.features[:, :8])
+    feature_names: list[str] | None = None  # the file's, all of them: F, or more if some are
+    #                                         left out (CsvDataset: table.features[:, :8])
 
     @staticmethod
     def fit(features, table, rows):  # `features`: those of `table` the model takes, (N, F)
         std = features[rows].std(0)  # a constant column gets std 1, so it standardises to 0
-        low, span = target_range(table.target[rows])  # [min, max] -> [0.05, 0.95]
+        low, span = target_range(table, rows)  # [min, max] -> [0.05, 0.95]
         return Scaling(features[rows].mean(0), torch.where(std > 0, std, 1.0), low, span,
-                       table.target_name, table.features.shape[1])
+                       table.target_name, table.feature_names)
 
     def scaled(self, target):  # (N, 1) float64 in the target's units -> float32 y'
         return torch.from_numpy((target - self.target_low) / self.target_span).float()
 
-    def in_target_units(self, y):  # y' -> y
-        return y * self.target_span + self.target_low
+    def in_target_units(self, y):  # y' -> y, in float64: a target of 1.7e9 needs its digits
+        return y.double() * self.target_span + self.target_low
 
     def mse_in_target_units(self, losses):  # an MSE of y' times target_span² is one of y
         return [loss * self.target_span**2 for loss in losses]
@@ -379,50 +380,72 @@ class Scaling(NamedTuple):
 TARGET_MARGIN = 0.05  # the training targets' [min, max] maps to [0.05, 0.95]
 
 
-def target_range(target) -> tuple[float, float]:
-    """target_low and target_span for Scaling. The Sigmoid nears 0 and 1 only for large inputs,
-    where its slope (so the gradient) vanishes: the ends of the training range map to 0.05 and
-    0.95, where the slope is still a fifth of its peak, and a test row a little beyond them
-    stays reachable. Every target, [0, 1] ones included, takes this one path."""
+def target_range(table, rows) -> tuple[float, float]:
+    """target_low and target_span for Scaling, from the training rows. The Sigmoid nears 0 and
+    1 only for large inputs, where its slope (so the gradient) vanishes: the ends of the
+    training range map to 0.05 and 0.95, where the slope is still a fifth of its peak, and a
+    test row a little beyond them stays reachable. Every target, [0, 1] ones included, takes
+    this one path. A target with no spread (or one whose square underflows) is refused."""
+    target = table.target[rows]
     low, high = float(target.min()), float(target.max())
+    if not (high - low) ** 2 > 0:  # the losses, MSEs of y' times target_span², would be 0
+        spread = (f"is {low:g} in every training row" if low == high else
+                  f"spans only {high - low:g} over the training rows")
+        raise InputError(f"{table.path}: target {table.target_name} {spread}: there is "
+                         "nothing to learn")
     span = (high - low) / (1 - 2 * TARGET_MARGIN)
     return low - TARGET_MARGIN * span, span
 
 
-def read_csv(path) -> tuple[list[str], np.ndarray]:
-    """A numeric CSV with a header row -> (column names, (N, C) float64 table), read once (a
-    pipe, as in --train <(...), cannot be read twice). Every cell must fit float32, the
-    model's dtype."""
+def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
+    """A CSV with a header row -> (column names, (N, C) float64 table of its numbers, and the
+    cells of an id column as text, or None), read once (a pipe, as in --train <(...), cannot
+    be read twice). Every number must fit float32, the model's dtype."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as file:  # utf-8-sig: drop a BOM
             f = file if file.seekable() else io.StringIO(file.read())
             header = next(csv.reader(f), None)
-            table = numbers_after_the_header(f)
-            check_header(path, header, table)
+            check_header(path, header)
+            first = int(has_ids(header))  # 1: column 0 holds ids, which need not be numbers
+            table = numbers_after_the_header(f, first)
+            if table is not None and len(table) == 0:
+                raise InputError(f"{path}: a header but no data rows")
             if table is None or table.shape[1] != len(header):
-                raise InputError(f"{path}: {first_bad_cell(f, header)}")
-            bad = np.argwhere(~(np.abs(table) <= FLOAT32_MAX))  # NaN, inf or too large
+                raise InputError(f"{path}: {first_bad_cell(f, header, first)}")
+            bad = np.argwhere(~(np.abs(table[:, first:]) <= FLOAT32_MAX))  # NaN, inf, too large
             if len(bad):
-                raise InputError(f"{path}: {first_bad_cell(f, header, *bad[0])}")
+                raise InputError(f"{path}: {first_bad_cell(f, header, first, *bad[0])}")
+            ids = first_cells(f) if first else None
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a text file (binary data?)") from None
     except csv.Error as e:  # NUL bytes, a cell of over 131072 characters
         raise InputError(f"{path}: not a table of numbers ({e})") from None
-    return header, table
+    return header[first:], table[:, first:], ids
 
 
-def numbers_after_the_header(f) -> np.ndarray | None:
-    """The rest of `f` as an (N, C) table, parsed by numpy (C code), or None if it is not one."""
+def numbers_after_the_header(f, first) -> np.ndarray | None:
+    """The rest of `f` as an (N, C) table, parsed by numpy (C code), or None if it is not one;
+    with first=1 column 0 (ids) is read as 0."""
+    ids = {0: lambda cell: 0.0} if first else None
     try:
         with warnings.catch_warnings(action="ignore"):  # numpy warns on a header-only file
-            return np.loadtxt(f, delimiter=",", quotechar='"', ndmin=2, comments=None)
+            return np.loadtxt(f, delimiter=",", quotechar='"', ndmin=2, comments=None,
+                              converters=ids)
     except ValueError:  # not a number somewhere: first_bad_cell finds it
         return None
 
 
-def check_header(path, header, table):
+def first_cells(f) -> list[str]:
+    """The first cell of each data row of `f`, as written (blank lines skipped, as by numpy)."""
+    f.seek(0)
+    rows = csv.reader(f)
+    next(rows)
+    return [cells[0] for cells in rows if cells]
+
+
+def check_header(path, header):
     if header is None:
         raise InputError(f"{path}: the file is empty")
     if not any(header):
@@ -431,18 +454,18 @@ def check_header(path, header, table):
         raise InputError(f"{path}: line 1 has no commas; columns must be comma-separated")
     if all(is_number(name) for name in header):
         raise InputError(f"{path}: line 1 holds numbers; the first line must name the columns")
-    if table is not None and len(table) == 0:
-        raise InputError(f"{path}: a header but no data rows")
 
 
-def check_float32_range(dataset, path):
-    """A test row far outside the training rows' range can overflow float32 once scaled with
-    their statistics (a cell of 1e36 where their std is 0.001): one line, before training."""
-    for name, values in (("feature", dataset.x), ("target", dataset.y)):
-        if values is not None and not torch.isfinite(values).all():
-            row, column = (int(i) + 1 for i in (~torch.isfinite(values)).nonzero()[0])
-            raise InputError(f"{path}: row {row}, {name} {column}: too far from the training "
-                             "rows' values; scaled with their statistics, it overflows float32")
+def check_float32_range(*datasets_and_paths):
+    """A validation or test row far outside the training rows' range can overflow float32
+    once scaled with their statistics (a cell of 1e36 where their std is 0.001): one line,
+    before training."""
+    for dataset, path in datasets_and_paths:
+        for name, values in (("feature", dataset.x), ("target", dataset.y)):
+            if values is not None and not torch.isfinite(values).all():
+                row, column = (int(i) + 1 for i in (~torch.isfinite(values)).nonzero()[0])
+                raise InputError(f"{path}: data row {row}, {name} {column}: too far from the "
+                                 "training rows' values; scaled, it overflows float32")
 
 
 def has_ids(header) -> bool:
@@ -456,9 +479,9 @@ def is_number(text) -> bool:
         return False
 
 
-def first_bad_cell(f, header, row=None, column=None) -> str:
-    """Where the table in `f` breaks: a row of the wrong width, a cell that is not a number,
-    or the cell at (`row`, `column`) of the table, too large for float32."""
+def first_bad_cell(f, header, first=0, row=None, column=None) -> str:
+    """Where the table in `f` breaks: a row of the wrong width, a cell that is not a number
+    (from column `first` on), or the cell at (`row`, `column`), too large for float32."""
     f.seek(0)
     reader = csv.reader(f)
     next(reader)
@@ -466,9 +489,9 @@ def first_bad_cell(f, header, row=None, column=None) -> str:
         where = f"line {reader.line_num}"
         if len(cells) != len(header):
             return f"{where} has {len(cells)} columns; the header, {len(header)}"
-        bad = [j for j, cell in enumerate(cells) if not is_number(cell)]
+        bad = [j for j, cell in enumerate(cells) if j >= first and not is_number(cell)]
         if bad or i == row:
-            j = bad[0] if bad else column
+            j = bad[0] if bad else first + column
             problem = "is not a finite number" if bad else "is too large for float32"
             return f"{where}, column {j + 1} ({header[j]}): {cells[j]!r} {problem}"
     return "not a table of numbers"  # what numpy refuses and float() takes, as 1_000
@@ -643,15 +666,18 @@ def check_model_state(checkpoint, path):
     assert type(low) is type(span) is float and math.isfinite(low) and 0 < span < math.inf, \
         "target_low, target_span"
     assert isinstance(checkpoint["target_name"], str), "target_name"
-    n_file = checkpoint["file_features"]
-    assert type(n_file) is int and n_file >= len(mean), "file_features"
+    names = checkpoint["feature_names"]
+    assert isinstance(names, list) and len(names) >= len(mean) and all(
+        isinstance(name, str) for name in names), "feature_names"
     weights, built = checkpoint["model"], MLP(len(mean)).state_dict()
     assert isinstance(weights, dict) and all(isinstance(w, torch.Tensor)
                                              for w in weights.values()), "weights"
     if {k: w.shape for k, w in weights.items()} != {k: w.shape for k, w in built.items()}:
-        raise InputError(f"{path}: its network has layers {layer_sizes(weights)}; MLP now builds "
-                         f"{layer_sizes(built)}: retrain (a new --out), or load it with the code "
-                         "that trained it")
+        saved, now = layer_sizes(weights), layer_sizes(built)
+        differ = f"layers {saved}; MLP now builds {now}" if saved != now else (
+            f"parameters {', '.join(weights)}; MLP's are now {', '.join(built)}")
+        raise InputError(f"{path}: its network has {differ}: retrain (a new --out), or load it "
+                         "with the code that trained it")
     assert all(torch.isfinite(w).all() for w in weights.values()), "weights"
 
 
@@ -770,10 +796,12 @@ def check_same_data(stopped, data, args):
     if trained_on != given:
         raise InputError(f"--resume {args.resume}: the stopped run's model takes {trained_on} "
                          f"features; from {args.train} it now gets {given}")
-    same_scaling = all(equal(stopped[name], value) for name, value in data.stats._asdict().items())
-    if not same_scaling or stopped["data"] != fingerprint(data):
-        raise InputError(f"--resume {args.resume}: the stopped run trained on other rows than "
-                         f"those of {args.train} (their features or targets differ)")
+    differ = [name for name, value in data.stats._asdict().items()
+              if not equal(stopped[name], value)]
+    if differ or stopped["data"] != fingerprint(data):  # the same scaling, other rows
+        differ.append("rows")
+        raise InputError(f"--resume {args.resume}: the stopped run trained on other data than "
+                         f"{args.train} (their {differ[0]} differs)")  # the first difference
 
 
 def equal(a, b) -> bool:  # for tensors and plain values alike
@@ -831,13 +859,16 @@ def report(out, preds, test_set, train_targets, run):
     units) and metrics.json; print the test MSE beside that of always predicting the mean
     training target: a model that learned nothing. All in the target's units."""
     stats, targets = test_set.stats, test_set.y
+    preds, targets, train_targets = (None if t is None else t.double()  # squares of 1e20: float64
+                                     for t in (preds, targets, train_targets))
     mse = None if targets is None else nn.functional.mse_loss(preds, targets).item()
     test_mse = None if mse is None else mse * stats.target_span**2
-    lines = "".join(f"{i},{p:.7g}\n" for i, p in zip(
-        test_set.ids, stats.in_target_units(preds.squeeze(1).double()).tolist(), strict=True))
+    table = io.StringIO()  # csv quotes what needs it: a target named "y, mm", a text id
+    csv.writer(table, lineterminator="\n").writerows([("id", stats.target_name), *zip(
+        test_set.ids, map(repr, stats.in_target_units(preds.squeeze(1)).tolist()), strict=True)])
     metrics = {"history": run["history"], "best_epoch": run["best_epoch"], "test_mse": test_mse}
     with atomic_file(f"{out}/predictions.csv") as f:
-        f.write(f"id,{stats.target_name}\n{lines}".encode())
+        f.write(table.getvalue().encode())
     with atomic_file(f"{out}/metrics.json") as f:
         f.write(json.dumps(metrics, allow_nan=False).encode())
     if test_mse is None:

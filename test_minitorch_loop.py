@@ -369,7 +369,8 @@ def test_a_checkpoint_saved_on_any_device_loads_on_the_cpu(tmp_path, device):
     """load_model(path, "cpu") reads weights saved from a GPU: map_location moves them."""
     model = ml.MLP(3).to(device)
     stats = ml.Scaling(torch.zeros(3, dtype=torch.float64, device=device),
-                       torch.ones(3, dtype=torch.float64, device=device), 0.0, 1.0, "y", 3)
+                       torch.ones(3, dtype=torch.float64, device=device), 0.0, 1.0, "y",
+                       ["a", "b", "c"])
     ml.save_model(model, stats, tmp_path / "model.pt")
     loaded, _ = ml.load_model(tmp_path / "model.pt", "cpu")
     for saved, read in zip(model.parameters(), loaded.parameters(), strict=True):
@@ -810,6 +811,55 @@ def test_an_id_column_is_never_a_feature(tmp_path):
     np.testing.assert_array_equal(predictions[0][:, 1], predictions[1][:, 1])
 
 
+def test_ids_come_back_as_written(tmp_path):
+    """Ids are text: letters, leading zeros and integers beyond float64's 2**53 come back as
+    the test file has them, in predictions.csv, never as a parsed number."""
+    x, y = regression(60, 3, seed=5)
+    ids = ["A0", "000123", "9007199254740993", "12345678901234567890"] * 15
+    out = main_on(tmp_path / "out", write_with_ids(tmp_path / "t.csv", ids[:40], x[:40], y[:40]),
+                  write_with_ids(tmp_path / "u.csv", ids[40:], x[40:]))
+    with open(out / "predictions.csv") as f:
+        assert [row[0] for row in csv.reader(f)][1:] == ids[40:]
+
+
+def test_predictions_keep_every_digit_of_the_target(tmp_path):
+    """A target of 1.7e9 + y (like a timestamp): predictions.csv is exact to float64, not to
+    7 digits, and a target named "y, mm" is a quoted header cell."""
+    x, y = regression(200, 3, seed=6)
+    names = ["f0", "f1", "f2", "y, mm"]
+    for name, rows in (("t.csv", slice(0, 150)), ("u.csv", slice(150, 200))):
+        with open(tmp_path / name, "w", newline="") as f:
+            csv.writer(f).writerows([names, *np.column_stack([x, 1.7e9 + y])[rows].tolist()])
+    out = main_on(tmp_path / "out", tmp_path / "t.csv", tmp_path / "u.csv")
+    predictions = read_predictions(out, "y, mm")[:, 1]
+    model, stats = ml.load_model(out / "model.pt")
+    data = ml.CsvDataset(tmp_path / "u.csv", stats=stats)
+    by_hand = predict64(model, data.x.double().numpy())[:, 0] * stats.target_span + (
+        stats.target_low)
+    np.testing.assert_allclose(predictions, by_hand, rtol=1e-12, atol=0)
+
+
+def test_a_test_target_far_beyond_the_training_range_still_reports(tmp_path):
+    """A test target of 1e20 (the training targets in [0, 1]): its squared error is beyond
+    float32, not float64; the run ends with a finite test MSE and a valid metrics.json."""
+    x, y = regression(200, 3, seed=7)
+    y[-1] = 1e20
+    out = main_on(tmp_path / "out", write_csv(tmp_path / "t.csv", x[:150], y[:150]),
+                  write_csv(tmp_path / "u.csv", x[150:], y[150:]))
+    assert metrics(out)["test_mse"] == pytest.approx(1e40 / 50, rel=1e-6)
+
+
+def test_a_test_file_with_other_columns_is_refused(capsys, previous_run, tmp_path):
+    """A test file whose columns are not the training file's (here an unnamed index column
+    first, as pandas writes it) would shift every feature: one line naming the column."""
+    x, _ = regression(5, 3, seed=0)
+    bad = tmp_path / "shifted.csv"
+    with open(bad, "w", newline="") as f:
+        csv.writer(f).writerows([["", "f0", "f1", "f2"], *np.column_stack([range(5), x])])
+    assert f"{bad}: column 1 is ''; the training file's is 'f0'" in fails(
+        capsys, previous_run, tmp_path, "--test", bad)
+
+
 def homework_like(n, rng):
     """A file shaped like the course's homework: id, one-hot states, 3 days of indicators
     with repeated names, the day-3 percentage of positive tests as the target."""
@@ -987,7 +1037,9 @@ BAD_CSVS = {  # what the file holds -> what the message says
     "one column": (b"y\n0.5\n0.2\n0.1\n", "no feature columns"),
     "only an id and a target": (b"ID,y\n1,0.5\n2,0.2\n3,0.1\n", "no feature columns"),
     "a constant target": (b"a,b,y\n1,2,5\n3,4,5\n5,6,5\n",
-                          "target y is 5 in every row: there is nothing to learn"),
+                          "target y is 5 in every training row: there is nothing to learn"),
+    "a target spread whose square underflows": (b"a,b,y\n1,2,1e-300\n3,4,2e-300\n5,6,0\n",
+                                                "target y spans only 1e-300 over the training rows"),
     "beyond float32": (b"a,b,y\n1,2,0.5\n3,1e200,0.5\n5,6,0.5\n",
                        "line 3, column 2 (b): '1e200' is too large for float32"),
     "blank first line": (b"\na,b,y\n1,2,0.5\n", "line 1 is blank"),
@@ -1118,7 +1170,7 @@ def test_a_damaged_or_foreign_checkpoint_is_refused(capsys, previous_run, tmp_pa
 
 @pytest.mark.parametrize("n_features, message", [
     (4, "the stopped run's model takes 3 features; from {train} it now gets 4"),
-    (3, "the stopped run trained on other rows than those of {train}"),
+    (3, "the stopped run trained on other data than {train} (their mean differs)"),
 ])
 def test_a_checkpoint_for_other_data_is_refused(capsys, previous_run, tmp_path, n_features,
                                                 message):
@@ -1126,7 +1178,7 @@ def test_a_checkpoint_for_other_data_is_refused(capsys, previous_run, tmp_path, 
     named, not crashed into."""
     x, y = regression(50, n_features, seed=0)
     other = write_csv(tmp_path / "other.csv", x, y)
-    line = fails(capsys, previous_run, tmp_path, "--train", other,
+    line = fails(capsys, previous_run, tmp_path, "--train", other, "--test", other,
                  "--resume", previous_run / "out" / "last.pt")
     assert message.format(train=other) in line
 
@@ -1358,12 +1410,12 @@ def test_a_resume_on_edited_targets_is_refused(capsys, previous_run, tmp_path):
         csv.writer(f).writerows([rows[0]] + [r[:-1] + [str(1 - float(r[-1]))] for r in rows[1:]])
     line = fails(capsys, previous_run, tmp_path, "--train", edited,
                  "--resume", previous_run / "out" / "last.pt")
-    assert "features or targets differ" in line
+    assert f"the stopped run trained on other data than {edited}" in line
 
 
 @pytest.mark.parametrize("cell, message", [
     (1e300, "line 3, column 1 (f0): '1e+300' is too large for float32"),
-    (1e36, "row 2, feature 1: too far from the training rows' values"),  # f0's std: 0.0005
+    (1e36, "data row 2, feature 1: too far from the training rows' values"),  # std 0.0005
 ])
 def test_a_test_cell_that_overflows_float32_is_named(capsys, previous_run, tmp_path, cell,
                                                      message):
