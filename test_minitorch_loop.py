@@ -1038,8 +1038,9 @@ BAD_CSVS = {  # what the file holds -> what the message says
     "only an id and a target": (b"ID,y\n1,0.5\n2,0.2\n3,0.1\n", "no feature columns"),
     "a constant target": (b"a,b,y\n1,2,5\n3,4,5\n5,6,5\n",
                           "target y is 5 in every training row: there is nothing to learn"),
-    "a target spread whose square underflows": (b"a,b,y\n1,2,1e-300\n3,4,2e-300\n5,6,0\n",
-                                                "target y spans only 1e-300 over the training rows"),
+    "a target spread whose square underflows": (
+        b"a,b,y\n1,2,1e-300\n3,4,2e-300\n5,6,0\n",
+        "target y spans only 1e-300 over the training rows"),
     "beyond float32": (b"a,b,y\n1,2,0.5\n3,1e200,0.5\n5,6,0.5\n",
                        "line 3, column 2 (b): '1e200' is too large for float32"),
     "blank first line": (b"\na,b,y\n1,2,0.5\n", "line 1 is blank"),
