@@ -915,6 +915,11 @@ def join_torchrun(device) -> torch.device:
     prints. A plain run is left as it is."""
     if "LOCAL_RANK" not in os.environ:
         return device
+    n_gpus, per_node = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if device.type == "cuda" and per_node > n_gpus:  # every rank sees it: rank 0 says it
+        raise InputError(f"torchrun starts {per_node} processes on this machine, which has "
+                         f"{n_gpus} GPU(s), one per process: --nproc_per_node={n_gpus}, or "
+                         "--device cpu")
     if device.type == "cuda":
         device = checked_device(f"cuda:{os.environ['LOCAL_RANK']}")
         torch.cuda.set_device(device)

@@ -1653,6 +1653,7 @@ def test_torchrun_on_two_processes_trains_as_one_run(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     done = subprocess.run(
         [str(torchrun), "--standalone", "--nproc_per_node=2", ml.__file__, "--epochs", "2",
+         "--device", "cpu",  # gloo between CPU processes, also where there is a GPU
          "--lr", str(DDP_LR), "--train", str(DATA / "train.csv"), "--test",
          str(DATA / "test.csv"), "--out", "out"],
         cwd=tmp_path, capture_output=True, text=True, check=False,
