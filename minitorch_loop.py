@@ -346,57 +346,6 @@ def read_table(path, stats=None, valid_ratio=0.0) -> Table:
     return Table(table[:, :n_features], target, ids, header[:n_features], header[-1], path)
 
 
-# --- Scale: the model sees standardised features and a target inside the Sigmoid's range ---
-class Scaling(NamedTuple):
-    """The training rows' scale: each feature's mean and std, and the target's range, mapped
-    into the Sigmoid's (0, 1) as y' = (y - target_low) / target_span. Training runs on y', so
-    --lr means the same for any range; every number printed or written is in the target's own
-    units. Saved with the weights: new rows must be scaled the same way."""
-    mean: torch.Tensor  # (F,)
-    std: torch.Tensor  # (F,)
-    target_low: float = 0.0
-    target_span: float = 1.0
-    target_name: str = "prediction"
-    feature_names: list[str] | None = None  # the file's, all of them: F, or more if some are
-    #                                         left out (CsvDataset: table.features[:, :8])
-
-    @staticmethod
-    def fit(features, table, rows):  # `features`: those of `table` the model takes, (N, F)
-        std = features[rows].std(0)  # a constant column gets std 1, so it standardises to 0
-        low, span = target_range(table, rows)  # [min, max] -> [0.05, 0.95]
-        return Scaling(features[rows].mean(0), torch.where(std > 0, std, 1.0), low, span,
-                       table.target_name, table.feature_names)
-
-    def scaled(self, target):  # (N, 1) float64 in the target's units -> float32 y'
-        return torch.from_numpy((target - self.target_low) / self.target_span).float()
-
-    def in_target_units(self, y):  # y' -> y, in float64: a target of 1.7e9 needs its digits
-        return y.double() * self.target_span + self.target_low
-
-    def mse_in_target_units(self, losses):  # an MSE of y' times target_span² is one of y
-        return [loss * self.target_span**2 for loss in losses]
-
-
-TARGET_MARGIN = 0.05  # the training targets' [min, max] maps to [0.05, 0.95]
-
-
-def target_range(table, rows) -> tuple[float, float]:
-    """target_low and target_span for Scaling, from the training rows. The Sigmoid nears 0 and
-    1 only for large inputs, where its slope (so the gradient) vanishes: the ends of the
-    training range map to 0.05 and 0.95, where the slope is still a fifth of its peak, and a
-    test row a little beyond them stays reachable. Every target, [0, 1] ones included, takes
-    this one path. A target with no spread (or one whose square underflows) is refused."""
-    target = table.target[rows]
-    low, high = float(target.min()), float(target.max())
-    if not (high - low) ** 2 > 0:  # the losses, MSEs of y' times target_span², would be 0
-        spread = (f"is {low:g} in every training row" if low == high else
-                  f"spans only {high - low:g} over the training rows")
-        raise InputError(f"{table.path}: target {table.target_name} {spread}: there is "
-                         "nothing to learn")
-    span = (high - low) / (1 - 2 * TARGET_MARGIN)
-    return low - TARGET_MARGIN * span, span
-
-
 def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
     """A CSV with a header row -> (column names, (N, C) float64 table of its numbers, and the
     cells of an id column as text, or None), read once (a pipe, as in --train <(...), cannot
@@ -456,18 +405,6 @@ def check_header(path, header):
         raise InputError(f"{path}: line 1 holds numbers; the first line must name the columns")
 
 
-def check_float32_range(*datasets_and_paths):
-    """A validation or test row far outside the training rows' range can overflow float32
-    once scaled with their statistics (a cell of 1e36 where their std is 0.001): one line,
-    before training."""
-    for dataset, path in datasets_and_paths:
-        for name, values in (("feature", dataset.x), ("target", dataset.y)):
-            if values is not None and not torch.isfinite(values).all():
-                row, column = (int(i) + 1 for i in (~torch.isfinite(values)).nonzero()[0])
-                raise InputError(f"{path}: data row {row}, {name} {column}: too far from the "
-                                 "training rows' values; scaled, it overflows float32")
-
-
 def has_ids(header) -> bool:
     return header[0].strip().lower() == "id"
 
@@ -495,6 +432,69 @@ def first_bad_cell(f, header, first=0, row=None, column=None) -> str:
             problem = "is not a finite number" if bad else "is too large for float32"
             return f"{where}, column {j + 1} ({header[j]}): {cells[j]!r} {problem}"
     return "not a table of numbers"  # what numpy refuses and float() takes, as 1_000
+
+
+# --- Scale: the model sees standardised features and a target inside the Sigmoid's range ---
+class Scaling(NamedTuple):
+    """The training rows' scale: each feature's mean and std, and the target's range, mapped
+    into the Sigmoid's (0, 1) as y' = (y - target_low) / target_span. Training runs on y', so
+    --lr means the same for any range; every number printed or written is in the target's own
+    units. Saved with the weights: new rows must be scaled the same way."""
+    mean: torch.Tensor  # (F,)
+    std: torch.Tensor  # (F,)
+    target_low: float = 0.0
+    target_span: float = 1.0
+    target_name: str = "prediction"
+    feature_names: list[str] | None = None  # the file's, all of them: F, or more if some are
+    #                                         left out (CsvDataset: table.features[:, :8])
+
+    @staticmethod
+    def fit(features, table, rows):  # `features`: those of `table` the model takes, (N, F)
+        std = features[rows].std(0)  # a constant column gets std 1, so it standardises to 0
+        low, span = target_range(table, rows)  # [min, max] -> [0.05, 0.95]
+        return Scaling(features[rows].mean(0), torch.where(std > 0, std, 1.0), low, span,
+                       table.target_name, table.feature_names)
+
+    def scaled(self, target):  # (N, 1) float64 in the target's units -> float32 y'
+        return torch.from_numpy((target - self.target_low) / self.target_span).float()
+
+    def in_target_units(self, y):  # y' -> y, in float64: a target of 1.7e9 needs its digits
+        return y.double() * self.target_span + self.target_low
+
+    def mse_in_target_units(self, losses):  # an MSE of y' times target_span² is one of y
+        return [loss * self.target_span**2 for loss in losses]
+
+
+TARGET_MARGIN = 0.05  # the training targets' [min, max] maps to [0.05, 0.95]
+
+
+def target_range(table, rows) -> tuple[float, float]:
+    """target_low and target_span for Scaling, from the training rows. The Sigmoid nears 0 and
+    1 only for large inputs, where its slope (so the gradient) vanishes: the ends of the
+    training range map to 0.05 and 0.95, where the slope is still a fifth of its peak, and a
+    test row a little beyond them stays reachable. Every target, [0, 1] ones included, takes
+    this one path. A target with no spread (or one whose square underflows) is refused."""
+    target = table.target[rows]
+    low, high = float(target.min()), float(target.max())
+    if not (high - low) ** 2 > 0:  # the losses, MSEs of y' times target_span², would be 0
+        spread = (f"is {low:g} in every training row" if low == high else
+                  f"spans only {high - low:g} over the training rows")
+        raise InputError(f"{table.path}: target {table.target_name} {spread}: there is "
+                         "nothing to learn")
+    span = (high - low) / (1 - 2 * TARGET_MARGIN)
+    return low - TARGET_MARGIN * span, span
+
+
+def check_float32_range(*datasets_and_paths):
+    """A validation or test row far outside the training rows' range can overflow float32
+    once scaled with their statistics (a cell of 1e36 where their std is 0.001): one line,
+    before training."""
+    for dataset, path in datasets_and_paths:
+        for name, values in (("feature", dataset.x), ("target", dataset.y)):
+            if values is not None and not torch.isfinite(values).all():
+                row, column = (int(i) + 1 for i in (~torch.isfinite(values)).nonzero()[0])
+                raise InputError(f"{path}: data row {row}, {name} {column}: too far from the "
+                                 "training rows' values; scaled, it overflows float32")
 
 
 # --- Flags and devices: checked before anything is read or written ---
@@ -744,14 +744,14 @@ def load_stopped_run(args) -> dict | None:
     stopped = checked_checkpoint(load_checkpoint(args.resume), args.resume, RESUME_KEYS)
     for name, saved in stopped["settings"].items():
         value, flag = getattr(args, name), "--" + name.replace("_", "-")
-        if name in args.typed and value != saved and name in FIXED_SETTINGS:
+        if name not in args.typed or value == saved:
+            setattr(args, name, saved)
+        elif name in FIXED_SETTINGS:
             raise InputError(f"{flag} {value}: the stopped run in {args.resume} has {flag} "
                              f"{saved}, which picks its validation rows; drop the flag to "
                              "resume, or start a new run in a new --out")
-        if name in args.typed and value != saved:
-            print(f"{flag} {value} replaces the stopped run's {saved}")
         else:
-            setattr(args, name, saved)
+            print(f"{flag} {value} replaces the stopped run's {saved}")
     return stopped
 
 
@@ -798,8 +798,8 @@ def check_same_data(stopped, data, args):
                          f"features; from {args.train} it now gets {given}")
     differ = [name for name, value in data.stats._asdict().items()
               if not equal(stopped[name], value)]
-    if differ or stopped["data"] != fingerprint(data):  # the same scaling, other rows
-        differ.append("rows")
+    differ += ["rows"] if stopped["data"] != fingerprint(data) else []
+    if differ:
         raise InputError(f"--resume {args.resume}: the stopped run trained on other data than "
                          f"{args.train} (their {differ[0]} differs)")  # the first difference
 
@@ -889,7 +889,7 @@ def draw_pictures(out, run, model, valid_set, test_set, test_preds, device) -> d
     stats = test_set.stats
     valid_preds = test(model, make_loader(valid_set, 1024, shuffle=False), device)
     pairs = [(valid_set.dataset.y[valid_set.indices], valid_preds), (test_set.y, test_preds)]
-    points = [stats.in_target_units(t.double()).squeeze(1).numpy()
+    points = [stats.in_target_units(t).squeeze(1).numpy()
               for true, pred in pairs if true is not None for t in (true, pred)]
     figures = {"loss.png": pictures.loss_figure(run["history"], run["best_epoch"]),
                "predictions.png": pictures.predictions_figure(*points)}
