@@ -1,4 +1,4 @@
-"""make bench: minitorch_loop's speed beside the floor, measured side by side in one run.
+"""make bench: the lesson's and the tool's speed beside the floor, side by side in one run.
 
     .venv/bin/python bench.py        # a couple of minutes on a 2-core CPU
 
@@ -20,6 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 import minitorch_loop as ml
+from minitorch_tool.csvs import TableDataset
+from minitorch_tool.speed import make_loader
 
 ROOT = Path(__file__).parent
 ROUNDS = 7
@@ -56,24 +58,16 @@ def floor_epoch(model, x, y, criterion, optimizer, batch_size):
         optimizer.step()
 
 
-class GetitemsDataset(ml.CsvDataset):
-    """PyTorch's own batch hook: the DataLoader hands __getitems__ each batch's row indices."""
-
-    def __getitems__(self, rows):  # a list of ints -> (x (B, F), y (B, 1)), one slice each
-        return self[torch.tensor(rows)]
-
-
-def epoch_times(data, batch_size, device):
-    """Median epoch times: our train() over make_loader, over the notes' per-item DataLoader,
-    and over a DataLoader of __getitems__ batches; and the floor."""
-    train_set = Subset(data, data.train_rows)
+def epoch_times(batch_size, device):
+    """Median epoch times of train() over the tool's batched loader and over the lesson's
+    per-row DataLoader (the notes' own), beside the floor, all on the same 4800 rows."""
+    train_csv = ROOT / "data" / "train.csv"
+    data = TableDataset(train_csv, valid_ratio=0.2, seed=0)
+    lesson = ml.CsvDataset(train_csv, "train", seed=0)
     x, y = data.x[data.train_rows].to(device), data.y[data.train_rows].to(device)
     criterion = nn.MSELoss()
-    getitems = GetitemsDataset(ROOT / "data" / "train.csv", valid_ratio=0.2, seed=0)
-    loaders = {"ours": ml.make_loader(train_set, batch_size, shuffle=True),
-               "per_item": DataLoader(train_set, batch_size, shuffle=True),  # the notes' way
-               "getitems": DataLoader(Subset(getitems, data.train_rows.tolist()), batch_size,
-                                      shuffle=True, collate_fn=tuple)}  # (x, y) as it comes
+    loaders = {"tool": make_loader(Subset(data, data.train_rows), batch_size, shuffle=True),
+               "lesson": DataLoader(lesson, batch_size, shuffle=True)}
 
     def contender(name):
         torch.manual_seed(0)
@@ -87,17 +81,14 @@ def epoch_times(data, batch_size, device):
 
 
 def loop_rows(device):
-    data = ml.CsvDataset(ROOT / "data" / "train.csv", valid_ratio=0.2, seed=0)
     rows = []
     for batch_size in (16, 256):
-        times = epoch_times(data, batch_size, device)
-        where = f"{len(data.train_rows)} rows, batch {batch_size}, {device.type}"
-        rows.append((f"`train` epoch ({where}), s", times["ours"], "in-memory floor",
-                     times["floor"]))
-        rows.append((f"per-item DataLoader epoch ({where}), s", times["per_item"],
+        times = epoch_times(batch_size, device)
+        where = f"4800 rows, batch {batch_size}, {device.type}"
+        rows.append((f"tool: `train` epoch, batched loader ({where}), s", times["tool"],
                      "in-memory floor", times["floor"]))
-        rows.append((f"`__getitems__` DataLoader epoch ({where}), s", times["getitems"],
-                     "in-memory floor", times["floor"]))
+        rows.append((f"lesson: `train` epoch, per-row DataLoader ({where}), s",
+                     times["lesson"], "in-memory floor", times["floor"]))
     return rows
 
 
@@ -107,6 +98,8 @@ from pathlib import Path
 import numpy as np, torch
 sys.path.insert(0, {root!r})
 import minitorch_loop as ml
+from minitorch_tool.csvs import TableDataset
+from minitorch_tool.speed import make_loader
 status = Path("/proc/self/status")
 Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak (VmHWM) restarts from now
 before = int(re.search(r"VmRSS:\\s+(\\d+)", status.read_text())[1])
@@ -124,35 +117,38 @@ def peak_memory_mib(call):
 
 
 def csv_rows(tmp):
-    """CsvDataset against numpy.loadtxt on a 200 000-row CSV with 33 columns."""
+    """The tool's TableDataset against numpy.loadtxt on a 200 000-row CSV with 33 columns of
+    real-looking numbers: 6 significant digits, columns of scales from 0.01 to 1000."""
     path = tmp / "big.csv"
     rng = np.random.default_rng(0)
-    table = np.column_stack([rng.normal(1000, 300, (200_000, 32)), rng.random(200_000)])
+    scales = np.logspace(-2, 3, 32)
+    table = np.column_stack([rng.normal(0, 1, (200_000, 32)) * scales, rng.random(200_000)])
     np.savetxt(path, table, fmt="%.6g", delimiter=",", comments="",
                header=",".join([f"x{i}" for i in range(32)] + ["y"]))
     cpu = torch.device("cpu")
     times = side_by_side({
-        "ours": lambda: ml.CsvDataset(path),
+        "ours": lambda: TableDataset(path),
         "numpy": lambda: np.loadtxt(path, delimiter=",", skiprows=1),
     }, cpu, rounds=3)
-    ours_mib = peak_memory_mib(f"ml.CsvDataset({str(path)!r})")
+    ours_mib = peak_memory_mib(f"TableDataset({str(path)!r})")
     numpy_mib = peak_memory_mib(f"np.loadtxt({str(path)!r}, delimiter=',', skiprows=1)")
-    return [("`CsvDataset` load (200 000 x 33 CSV), s", times["ours"], "`numpy.loadtxt`",
+    return [("tool: `TableDataset` load (200 000 x 33 CSV), s", times["ours"], "`numpy.loadtxt`",
              times["numpy"]),
             ("peak memory of that load, MiB", ours_mib, "`numpy.loadtxt`", numpy_mib)]
 
 
 def wall_rows(tmp):
-    """The default run, start to finish, against `import torch` alone."""
+    """Each program's default run, start to finish, against `import torch` alone."""
     def run(*args):
         return lambda: subprocess.run([sys.executable, *args], check=True, cwd=ROOT,
                                       capture_output=True)
     times = side_by_side({
-        "ours": run("minitorch_loop.py", "--out", str(tmp / "runs")),
+        "lesson": run("minitorch_loop.py", "--out", str(tmp / "lesson")),
+        "tool": run("minitorch_run.py", "--out", str(tmp / "tool")),
         "import": run("-c", "import torch"),
     }, torch.device("cpu"), rounds=5)
-    return [("`python minitorch_loop.py`, s", times["ours"], '`python -c "import torch"`',
-             times["import"])]
+    return [(f"`python {name}`, s", times[key], '`python -c "import torch"`', times["import"])
+            for key, name in (("lesson", "minitorch_loop.py"), ("tool", "minitorch_run.py"))]
 
 
 def main():

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from matplotlib.image import imread
 
-import minitorch_pictures as pictures
+from minitorch_tool import pictures
 
 losses = st.floats(1e-6, 1e3)  # as a run prints them: positive and finite
 values = st.floats(-1e3, 1e3)

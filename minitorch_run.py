@@ -1,0 +1,107 @@
+"""minitorch_run: the lesson's training loop (minitorch_loop.py) for your own CSV files.
+
+    python minitorch_run.py --train my_train.csv --test my_test.csv   # --help: every flag
+
+The network, the loss, the optimizer and the train / evaluate / test steps are the lesson's
+own: an edit there reaches this program too. What a real run adds lives in minitorch_tool/,
+one room per concern: checked CSVs with ids and any target range (csvs, scaling), crash-safe
+checked checkpoints and resume (checkpoints), one run at a time per --out and the files it
+writes (outputs, pictures), torchrun, and a loader that fetches whole batches (speed).
+"""
+
+import math
+import os
+import shlex
+import sys
+import time
+
+import torch
+from torch.utils.data import Subset
+
+import minitorch_loop as ml
+from minitorch_tool import checkpoints, torchrun
+from minitorch_tool.csvs import TableDataset
+from minitorch_tool.errors import InputError, one_line_errors
+from minitorch_tool.flags import parse_args, pick_device
+from minitorch_tool.outputs import draw_pictures, progress_bar, report
+from minitorch_tool.scaling import check_float32_range
+from minitorch_tool.speed import make_loader
+
+
+def main(argv=()):
+    """The run: the lesson's set-up (notes 六.1) on checked files, epochs, the test. main() in
+    a notebook runs with the defaults; the command line passes its own flags."""
+    argv, started = list(argv), time.time()
+    with one_line_errors(lambda: interrupted(argv, started)) as cleanup:
+        args = parse_args(argv)
+        stopped = checkpoints.load_stopped_run(args)  # with --resume: the stopped run's state
+        torch.manual_seed(args.seed)  # the initial weights, the batch order (or: resumed)
+        device = torchrun.join_torchrun(pick_device(args.device))  # torchrun: GPU LOCAL_RANK
+        data = TableDataset(args.train, valid_ratio=args.valid_ratio, seed=args.seed)
+        train_set, valid_set = Subset(data, data.train_rows), Subset(data, data.valid_rows)
+        test_set = TableDataset(args.test, stats=data.stats)  # read now: a bad file stops early
+        check_float32_range((data, args.train), (test_set, args.test))
+        sampler = torchrun.this_ranks_share(train_set, args.seed)  # None unless torchrun
+        loaders = (make_loader(train_set, args.batch_size, shuffle=True, sampler=sampler),
+                   make_loader(valid_set, args.batch_size, shuffle=False))
+        model = ml.MLP(data.x.shape[1]).to(device)
+        criterion = ml.make_criterion()
+        optimizer = ml.make_optimizer(model, args.lr)
+        run = checkpoints.new_or_resumed_run(stopped, model, optimizer, data, device, args,
+                                             cleanup)
+        fit(model, loaders, criterion, optimizer, device, data.stats, args, run)
+        if torchrun.writes_files():  # rank 0: the best model, loaded back from disk
+            model, _ = checkpoints.load_model(f"{args.out}/model.pt", device)
+            preds = ml.test(model, make_loader(test_set, args.batch_size, shuffle=False), device)
+            report(args.out, preds, test_set, data.y[data.train_rows], run)
+            draw_pictures(args.out, run, model, valid_set, test_set, preds, device)
+
+
+def fit(model, loaders, criterion, optimizer, device, stats, args, run):
+    """Train and validate until args.epochs, or args.patience epochs without a better model."""
+    train_loader, valid_loader = loaders
+    ddp_model = torchrun.ddp_wrapped(model)  # under torchrun, steps in step with other ranks
+    for epoch in range(run["epoch"] + 1, args.epochs + 1):  # run["epoch"]: 0, or resumed
+        start = time.perf_counter()
+        torchrun.reshuffle_shares(train_loader, epoch)
+        train_loss = ml.train(ddp_model, progress_bar(train_loader), criterion, optimizer,
+                              device)
+        valid_loss = ml.evaluate(model, valid_loader, criterion, device)  # what ddp wraps
+        losses = torchrun.mean_over_ranks([train_loss, valid_loss], device)
+        train_loss, valid_loss = stats.mse_in_target_units(losses)  # an MSE of y' -> of y
+        check_finite(epoch, train_loss, valid_loss, args)  # diverged? stop, save nothing
+        improved = valid_loss < run["best_loss"]  # validation picks the model, never the test
+        if improved:
+            run.update(best_loss=valid_loss, best_epoch=epoch)
+            checkpoints.save_model(model, stats, f"{args.out}/model.pt")
+        checkpoints.save_last_pt(run, epoch, model, optimizer, train_loss, valid_loss, args.out)
+        print(f"epoch {epoch:3d} | train {train_loss:.5g} | valid {valid_loss:.5g} | "
+              f"{time.perf_counter() - start:.2f}s{' *' if improved else ''}")
+        if epoch - run["best_epoch"] >= args.patience:
+            print(f"no better valid loss for {args.patience} epochs: stopping early")
+            break
+
+
+def check_finite(epoch, train_loss, valid_loss, args):
+    """A loss of inf or NaN: the run diverged. It stops before it saves anything, so --out
+    keeps the last finite epoch (or the files of before)."""
+    if not (math.isfinite(train_loss) and math.isfinite(valid_loss)):
+        raise InputError(f"epoch {epoch}: the loss is {train_loss:g} (train), {valid_loss:g} "
+                         f"(valid): the run diverged; lower --lr (now {args.lr:g}), or look for "
+                         f"a feature whose values are far larger than the others'")
+
+
+def interrupted(argv, started) -> str:
+    """What Ctrl-C leaves: the last finished epoch in last.pt, if this run saved one."""
+    args = parse_args(argv)
+    last = f"{args.out}/last.pt"
+    if not os.path.exists(last) or os.path.getmtime(last) < started:
+        return f"interrupted before an epoch ended: {args.out} is as it was"
+    flags = [a for a, prev in zip(argv, [None, *argv], strict=False)
+             if "--resume" not in (prev, a.split("=")[0])]  # drop an old --resume X
+    command = shlex.join(["python", "minitorch_run.py", *flags, "--resume", last])
+    return f"interrupted: {last} holds the last finished epoch; go on with: {command}"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

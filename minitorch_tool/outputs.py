@@ -1,0 +1,135 @@
+"""What a run writes to --out: each file whole or not at all, one run at a time, and the
+predictions, metrics and pictures at the end."""
+
+import contextlib
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+
+import filelock
+from torch import nn
+from tqdm import tqdm
+
+import minitorch_loop as ml
+from minitorch_tool.errors import InputError
+from minitorch_tool.speed import make_loader
+from minitorch_tool.torchrun import writes_files
+
+OUTPUTS = ("model.pt", "last.pt", "predictions.csv", "metrics.json", "loss.png", "predictions.png")
+LOCK = "run.lock"  # in --out while a run writes there
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """A file to write `path` through: a new temporary file beside it, renamed over it once
+    whole. A crash or kill -9 at any moment leaves the old file or the new one, never half of
+    one (os.replace is atomic, and fsync first means a power cut cannot reorder the two). An
+    error (a full disk) or Ctrl-C removes the temporary file. tempfile creates it with a name
+    no other run uses, and never through a link planted there. Under torchrun only rank 0
+    writes: on the other ranks the file is os.devnull."""
+    if not writes_files():
+        with open(os.devnull, "wb") as f:
+            yield f
+        return
+    folder, name = os.path.split(os.fspath(path))
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder or ".", prefix=f".{name}.", delete=False) as f:
+            tmp = f.name
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)  # read it (os.umask sets a new one and returns the old one) ...
+        os.umask(umask)  # ... and put it back
+        os.chmod(tmp, 0o666 & ~umask)  # tempfile's 0600 -> what open() would have given
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        cause = e if isinstance(e, OSError) else e.__context__  # torch.save: a RuntimeError
+        if isinstance(cause, OSError):
+            raise InputError(f"{path}: cannot write it ({cause.strerror or cause})") from None
+        raise
+
+
+def make_out_dir(out, cleanup):
+    """--out, made if need be, writable, with no directory where an output goes, and locked
+    for this run until it ends: a second run there is refused, not interleaved with it. The
+    lock is filelock's, which works on every platform; its file, run.lock, stays in --out."""
+    if not writes_files():
+        return
+    try:
+        os.makedirs(out, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()  # can we write there?
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot write there ({e.strerror})") from None
+    for name in OUTPUTS:
+        if os.path.isdir(f"{out}/{name}"):
+            raise InputError(f"--out {out}: {name} is a directory; the run writes a file there")
+    lock = filelock.FileLock(os.path.join(out, LOCK), timeout=0)
+    try:
+        cleanup.enter_context(lock)
+    except filelock.Timeout:
+        raise InputError(f"--out {out}: another run is writing there; wait for it to end, "
+                         "or choose another --out") from None
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot lock it ({e.strerror})") from None
+
+
+def report(out, preds, test_set, train_targets, run):
+    """Write predictions.csv (the test file's ids, each with its prediction, in the target's
+    units) and metrics.json; print the test MSE beside that of always predicting the mean
+    training target: a model that learned nothing. All in the target's units."""
+    stats, targets = test_set.stats, test_set.y
+    preds, targets, train_targets = (None if t is None else t.double()  # squares of 1e20: float64
+                                     for t in (preds, targets, train_targets))
+    mse = None if targets is None else nn.functional.mse_loss(preds, targets).item()
+    test_mse = None if mse is None else mse * stats.target_span**2
+    table = io.StringIO()  # csv quotes what needs it: a target named "y, mm", a text id
+    csv.writer(table, lineterminator="\n").writerows([("id", stats.target_name), *zip(
+        test_set.ids, map(repr, stats.in_target_units(preds.squeeze(1)).tolist()), strict=True)])
+    metrics = {"history": run["history"], "best_epoch": run["best_epoch"], "test_mse": test_mse}
+    with atomic_file(f"{out}/predictions.csv") as f:
+        f.write(table.getvalue().encode())
+    with atomic_file(f"{out}/metrics.json") as f:
+        f.write(json.dumps(metrics, allow_nan=False).encode())
+    if test_mse is None:
+        print(f"{len(preds)} predictions in {out}/predictions.csv (the test CSV has no target)")
+    else:
+        baseline = nn.functional.mse_loss(train_targets.mean().expand_as(targets), targets).item()
+        print(f"test MSE {test_mse:.5g} with the best epoch ({run['best_epoch']}); always "
+              f"predicting the mean training target scores {baseline * stats.target_span**2:.5g}")
+
+
+# --- Seeing the run: two pictures (minitorch_pictures.py), and a progress bar ---
+def draw_pictures(out, run, model, valid_set, test_set, test_preds, device) -> dict:
+    """loss.png, the learning curve of the whole run, and predictions.png, the best model's
+    predictions against the truth on the validation rows (and the test rows, when the test
+    file has targets), in the target's units. Returns the figures, by file name."""
+    from minitorch_tool import pictures  # here: only a run that draws pays for matplotlib
+
+    stats = test_set.stats
+    valid_preds = ml.test(model, make_loader(valid_set, 1024, shuffle=False), device)
+    pairs = [(valid_set.dataset.y[valid_set.indices], valid_preds), (test_set.y, test_preds)]
+    points = [stats.in_target_units(t).squeeze(1).numpy()
+              for true, pred in pairs if true is not None for t in (true, pred)]
+    figures = {"loss.png": pictures.loss_figure(run["history"], run["best_epoch"]),
+               "predictions.png": pictures.predictions_figure(*points)}
+    for name, fig in figures.items():
+        with atomic_file(f"{out}/{name}") as f:
+            fig.savefig(f, format="png")
+    return figures
+
+
+def progress_bar(loader):
+    """On a terminal, a tqdm bar over an epoch's batches, shown once the epoch has taken 2 s
+    (a short one never shows it) and cleared at its end, so the epoch lines stay as they are.
+    Elsewhere (a log, a pipe, CI, another rank) the loader itself: nothing added, no cost."""
+    if not sys.stdout.isatty():
+        return loader
+    return tqdm(loader, delay=2, leave=False, unit="batch", file=sys.stdout)
+

@@ -1,0 +1,29 @@
+"""Speed: a batch is one slice of the dataset's tensors, not B calls to __getitem__."""
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+
+def make_loader(dataset, batch_size, shuffle, sampler=None) -> DataLoader:
+    """The lesson's DataLoader(dataset, batch_size, shuffle=...), each batch fetched as one
+    slice: a dataset that holds its rows in tensors (TableDataset) gets a tensor of the
+    batch's row indices in one __getitem__ call. A `sampler` of row indices replaces the
+    shuffling (torchrun).
+
+    The notes' DataLoader calls __getitem__ once per row and stacks the B rows: make bench
+    measures what that costs beside this loader and the in-memory floor (README, Performance).
+    batch_size=None: nothing to stack; collate_fn=tuple: nothing to convert.
+    """
+    if sampler is None:
+        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+    batches = TensorBatchSampler(sampler, batch_size, drop_last=False)
+    return DataLoader(dataset, batch_size=None, sampler=batches, collate_fn=tuple)
+
+
+class TensorBatchSampler(BatchSampler):
+    """A BatchSampler that hands out each batch of row indices as one tensor, not a list."""
+
+    def __iter__(self):  # one conversion per epoch, then slices: no Python list per batch
+        order = np.fromiter(self.sampler, np.int64, len(self.sampler))
+        return iter(torch.from_numpy(order).split(self.batch_size))

@@ -1,0 +1,1260 @@
+"""The guarantees of minitorch_run.py, the lesson's loop for real files: CSVs read as they
+come and checked, any target range, a loader that fetches whole batches, the whole run end to
+end, bad input refused in one line, checkpoints that survive crashes, exact resume, torchrun.
+The lesson's own rules are tested in test_minitorch_loop.py.
+
+Each test states one guarantee in its name and docstring, and checks it against an independent
+computation (by hand, in float64 NumPy), never against the code under test.
+
+    make test        # both files; or: .venv/bin/python -m pytest -q test_minitorch_run.py
+"""
+
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import filelock
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torch.utils.data.distributed import DistributedSampler
+
+import minitorch_loop as ml  # not `from ... import test`: pytest would collect it as a test
+import minitorch_run as mr
+from minitorch_tool import checkpoints, outputs, speed
+from minitorch_tool.csvs import TableDataset
+from minitorch_tool.errors import InputError
+from minitorch_tool.scaling import Scaling
+
+# The lesson's helpers and strategies (its CSVs, the model by hand in float64, the tolerances);
+# importing them also loads its hypothesis profile. Helpers only: no test is imported.
+from test_minitorch_loop import (
+    DATA,
+    DEVICES,
+    FLOAT32_RTOL,
+    batch_sizes,
+    close,
+    n_features,
+    predict64,
+    regression,
+    rows,
+    seeds,
+    standardised,
+    write_csv,
+)
+
+
+def indexed_dataset(scratch, n, n_features=2):
+    """n rows whose feature 0 is the row number and whose target is row / n; no scaling."""
+    x = np.column_stack([np.arange(n)] + [np.ones(n)] * (n_features - 1))
+    path = write_csv(scratch / "indexed.csv", x, np.arange(n) / n)
+    return TableDataset(path, stats=Scaling(torch.zeros(n_features),
+                                                     torch.ones(n_features)))
+
+
+def scaled_by_hand(y, fit_rows=slice(None)):
+    """The target mapped as the run maps it: the training rows' [min, max] onto [0.05, 0.95]."""
+    low, high = y[fit_rows].min(), y[fit_rows].max()
+    span = (high - low) / 0.9
+    return (y - (low - 0.05 * span)) / span, span
+
+
+# --- 一 Step 1: Dataset and DataLoader ---
+
+def test_dataset_items_and_batches_have_the_notes_shapes(tmp_path):
+    """An item is x (F,) and y (1,); a batch is (B, F) and (B, 1), as is the model's output."""
+    x, y = regression(10, 3, seed=0)
+    dataset = TableDataset(write_csv(tmp_path / "d.csv", x, y))
+    item_x, item_y = dataset[0]
+    assert len(dataset) == 10 and item_x.shape == (3,) and item_y.shape == (1,)
+    assert item_x.dtype == item_y.dtype == torch.float32
+    batch_x, batch_y = next(iter(speed.make_loader(dataset, batch_size=4, shuffle=False)))
+    assert batch_x.shape == (4, 3) and batch_y.shape == (4, 1)
+    assert ml.MLP(in_features=3)(batch_x).shape == batch_y.shape, "MSELoss would broadcast"
+
+
+@given(n=st.integers(4, 60), n_features=n_features, valid_ratio=st.floats(0, 0.5), seed=seeds)
+def test_features_are_standardised_with_the_training_rows_only(scratch, n, n_features,
+                                                               valid_ratio, seed):
+    """The features' mean and std, and the target's range, come from the training split;
+    every row is scaled with them."""
+    x, y = regression(n, n_features, seed, scale=1000)
+    path = write_csv(scratch / "d.csv", x, y)
+    n_valid = round(valid_ratio * n)
+    if n - n_valid < 2 or (valid_ratio > 0 and n_valid == 0):  # too few rows to split
+        with pytest.raises(InputError, match="too few"):
+            TableDataset(path, valid_ratio=valid_ratio, seed=seed)
+        return
+    dataset = TableDataset(path, valid_ratio=valid_ratio, seed=seed)
+    train_rows, valid_rows = dataset.train_rows.tolist(), dataset.valid_rows.tolist()
+    assert len(valid_rows) == round(valid_ratio * n)
+    assert sorted(train_rows + valid_rows) == list(range(n)), "a split, not a resample"
+    close(dataset.x.numpy(), standardised(x, train_rows))
+    close(dataset.y.numpy()[:, 0], scaled_by_hand(y, train_rows)[0])
+
+
+def test_every_column_but_the_target_is_a_feature(tmp_path):
+    """All feature columns reach the model, standardised, whatever their number (here 12)."""
+    x, y = regression(30, 12, seed=3)
+    dataset = TableDataset(write_csv(tmp_path / "d.csv", x, y))
+    close(dataset.x.numpy(), standardised(x))
+
+
+def test_unlabelled_file_yields_features_only(tmp_path):
+    """A test CSV with the training file's F feature columns and no target gives (x,) items."""
+    x, y = regression(20, 3, seed=2)
+    train = TableDataset(write_csv(tmp_path / "train.csv", x, y))
+    unlabelled = TableDataset(write_csv(tmp_path / "test.csv", x[:5]), stats=train.stats)
+    assert unlabelled.y is None and len(unlabelled[0]) == 1 and unlabelled[0][0].shape == (3,)
+    np.testing.assert_allclose(unlabelled.x.numpy(), train.x[:5].numpy())
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_a_test_file_of_one_row_is_read(tmp_path, labelled):
+    """The rule "at least 2 rows to train on" is the training file's; a test file may hold one."""
+    x, y = regression(20, 3, seed=2)
+    train = TableDataset(write_csv(tmp_path / "train.csv", x, y))
+    one = TableDataset(write_csv(tmp_path / "one.csv", x[:1], y[:1] if labelled else None),
+                        stats=train.stats)
+    assert len(one) == 1
+    np.testing.assert_allclose(one.x.numpy(), train.x[:1].numpy())
+
+
+@given(n=rows, batch_size=batch_sizes, shuffle=st.booleans())
+def test_the_batched_loader_yields_the_notes_dataloaders_batches(scratch, n, batch_size,
+                                                                 shuffle):
+    """make_loader serves the batches of the notes' DataLoader(dataset, batch_size, shuffle):
+    the same sizes, a short last one included; unshuffled the very same batches, shuffled
+    every row once per epoch, in a new order each epoch."""
+    dataset = indexed_dataset(scratch, max(n, 50) if shuffle else n, 3)
+    loader = speed.make_loader(dataset, batch_size, shuffle)
+    notes = list(DataLoader(dataset, batch_size, shuffle))
+    epochs = [list(loader) for _ in range(2)]
+    for batches in epochs:
+        assert [len(x) for x, _ in batches] == [len(x) for x, _ in notes] and len(loader) == len(
+            notes)
+        rows = [int(i) for x, y in batches for i in x[:, 0]]
+        assert sorted(rows) == list(range(len(dataset)))
+        if not shuffle:
+            assert all(torch.equal(x, a) and torch.equal(y, b)
+                       for (x, y), (a, b) in zip(batches, notes, strict=True))
+    orders = [[int(i) for x, _ in batches for i in x[:, 0]] for batches in epochs]
+    assert (orders[0] != orders[1]) == shuffle, "a new order each epoch, only when shuffled"
+
+
+class CountingDataset(TableDataset):
+    """A TableDataset that records each __getitem__ call."""
+
+    def __getitem__(self, i):
+        self.calls.append(i)
+        return super().__getitem__(i)
+
+
+@example(n=5, batch_size=5)  # the notes: DataLoader(dataset, batch_size=5) calls getitem 5 times
+@given(n=rows, batch_size=batch_sizes)
+def test_the_batched_loader_calls_getitem_once_per_batch(scratch, n, batch_size):
+    """The notes' DataLoader calls __getitem__(0) ... __getitem__(n-1), once per row; ours
+    (make_loader) once per batch, with the batch's indices."""
+    x = np.arange(2 * n, dtype=float).reshape(n, 2)
+    dataset = CountingDataset(write_csv(scratch / "count.csv", x, np.zeros(n)),
+                              stats=Scaling(torch.zeros(2), torch.ones(2)))
+    dataset.calls = []
+    for _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        pass
+    assert dataset.calls == list(range(n))
+    dataset.calls = []
+    for _ in speed.make_loader(dataset, batch_size, shuffle=False):
+        pass
+    assert len(dataset.calls) == -(-n // batch_size)
+    assert torch.cat(dataset.calls).tolist() == list(range(n))
+
+
+@given(n=rows, batch_size=batch_sizes, n_features=n_features, seed=seeds)
+def test_predictions_have_exactly_the_targets_shape(scratch, n, batch_size, n_features, seed):
+    """test() returns (N, 1), the targets' shape: the loss compares row with row."""
+    x, y = regression(n, n_features, seed)
+    dataset = TableDataset(write_csv(scratch / "d.csv", x, y))
+    loader = speed.make_loader(dataset, batch_size, shuffle=False)
+    assert ml.test(ml.MLP(n_features), loader, "cpu").shape == dataset.y.shape == (n, 1)
+
+
+# --- Devices and checkpoints ---
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_checkpoint_saved_on_any_device_loads_on_the_cpu(tmp_path, device):
+    """load_model(path, "cpu") reads weights saved from a GPU: map_location moves them."""
+    model = ml.MLP(3).to(device)
+    stats = Scaling(torch.zeros(3, dtype=torch.float64, device=device),
+                       torch.ones(3, dtype=torch.float64, device=device), 0.0, 1.0, "y",
+                       ["a", "b", "c"])
+    checkpoints.save_model(model, stats, tmp_path / "model.pt")
+    loaded, _ = checkpoints.load_model(tmp_path / "model.pt", "cpu")
+    for saved, read in zip(model.parameters(), loaded.parameters(), strict=True):
+        assert read.device.type == "cpu" and torch.equal(read, saved.cpu())
+
+
+# --- 六.5 Save and load ---
+
+def test_save_then_load_gives_identical_predictions(tmp_path):
+    """A model saved with save_model and read back by load_model predicts the same bits, and
+    brings back the scaling it was trained with."""
+    x, y = regression(30, 5, seed=4)
+    dataset = TableDataset(write_csv(tmp_path / "d.csv", x, y))
+    model = ml.MLP(in_features=5)
+    checkpoints.save_model(model, dataset.stats, tmp_path / "model.pt")
+    loaded, stats = checkpoints.load_model(tmp_path / "model.pt")
+    loader = speed.make_loader(dataset, batch_size=8, shuffle=False)
+    assert torch.equal(ml.test(model, loader, "cpu"), ml.test(loaded, loader, "cpu"))
+    assert torch.equal(stats.mean, dataset.stats.mean) and torch.equal(stats.std,
+                                                                        dataset.stats.std)
+    assert stats[2:] == dataset.stats[2:] and stats.target_name == "y"
+
+
+class NotATensor:
+    """Any class: unpickling it would mean running code named by the file."""
+
+
+def test_loading_refuses_a_pickle_that_is_not_plain_tensors(tmp_path):
+    """weights_only=True: a checkpoint that holds an arbitrary object is refused."""
+    torch.save({"model": NotATensor()}, tmp_path / "evil.pt")
+    with pytest.raises(InputError, match="weights_only=True"):
+        checkpoints.load_checkpoint(tmp_path / "evil.pt")
+
+
+# --- 六 main(): the whole run, end to end, on users' own files ---
+
+def run_main(tmp_path, n_features, labelled_test=True, *flags):
+    """main() on raw CSVs with `n_features` columns; returns (out dir, test features, targets)."""
+    x, y = regression(400, n_features, seed=5, scale=1000)
+    tmp_path.mkdir(exist_ok=True)
+    train_csv = write_csv(tmp_path / "train.csv", x[:300], y[:300])
+    test_csv = write_csv(tmp_path / "test.csv", x[300:], y[300:] if labelled_test else None)
+    out = tmp_path / "out"
+    mr.main(["--train", str(train_csv), "--test", str(test_csv), "--out", str(out),
+             "--device", "cpu", *flags])
+    return out, x, y
+
+
+def read_predictions(out, target_name="y"):
+    """predictions.csv as an (N, 2) array of ids and predictions; its header names the target."""
+    with open(out / "predictions.csv") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["id", target_name]
+    return np.array([[float(v) for v in row] for row in table[1:]])
+
+
+def metrics(out):
+    return json.loads((out / "metrics.json").read_text())
+
+
+def check_predictions_come_from_model_pt(out, x, y, valid_ratio):
+    """predictions.csv: id 0..N-1, each the model in model.pt applied to that test row,
+    standardised with the training rows' statistics that model.pt carries, and mapped back
+    to the target's units."""
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    train_rows = TableDataset(out.parent / "train.csv", valid_ratio=valid_ratio).train_rows
+    close(checkpoint["mean"].numpy(), x[train_rows.numpy()].mean(0))
+    model = ml.MLP(in_features=x.shape[1])
+    model.load_state_dict(checkpoint["model"])
+    predictions = read_predictions(out)
+    np.testing.assert_array_equal(predictions[:, 0], np.arange(100))
+    span = scaled_by_hand(y[:300], train_rows.numpy())[1]
+    low = y[:300][train_rows.numpy()].min() - 0.05 * span
+    expected = predict64(model, standardised(x, train_rows.numpy())[300:])
+    np.testing.assert_allclose(predictions[:, 1], expected[:, 0] * span + low, atol=1e-6)
+    assert metrics(out)["test_mse"] == pytest.approx(np.mean((predictions[:, 1] - y[300:]) ** 2),
+                                                     abs=1e-6)
+    return model, standardised(x, train_rows.numpy()), checkpoint
+
+
+def test_main_writes_one_prediction_per_test_row_in_order(tmp_path):
+    """The test file's rows, in order, through the saved best model."""
+    out, x, y = run_main(tmp_path, 5, True, "--epochs", "3", "--valid-ratio", "0.25")
+    check_predictions_come_from_model_pt(out, x, y, valid_ratio=0.25)
+
+
+def test_main_predicts_an_unlabelled_test_file(tmp_path):
+    """A test CSV without the target column: predictions for every row, and test_mse null."""
+    out, _, _ = run_main(tmp_path, 4, False, "--epochs", "2")
+    assert len(read_predictions(out)) == 100 and metrics(out)["test_mse"] is None
+
+
+def test_raw_features_in_the_thousands_train_sensibly(tmp_path):
+    """Unscaled features and a different column count need no code change to learn."""
+    out, _, y = run_main(tmp_path, 7, True, "--epochs", "30")
+    baseline = np.mean((y[300:] - y[300:].mean()) ** 2)  # predicting the (test!) mean
+    test_mse = metrics(out)["test_mse"]
+    assert test_mse < 0.1 * baseline, f"test MSE {test_mse:.4f} vs {baseline:.4f} for a constant"
+
+
+def main_on(out, train, test, *flags):
+    """main() on two CSV files (paths or (header, rows) to write first); returns --out."""
+    mr.main(["--train", str(train), "--test", str(test), "--out", str(out), "--device", "cpu",
+             "--epochs", "3", "--patience", "9", *flags])
+    return out
+
+
+@settings(max_examples=4)
+@given(a=st.floats(1e-3, 1e3), b=st.floats(-1e3, 1e3))
+def test_any_target_range_trains_the_same(tmp_path_factory, a, b):
+    """Equivariance: for targets a*y + b (a > 0), the same seed gives predictions a*p + b and
+    losses a² times as large: the target is scaled into (0, 1) the same way either way."""
+    tmp = tmp_path_factory.mktemp("affine")
+    x, y = regression(200, 3, seed=2)
+    runs = []
+    for name, target in (("plain", y), ("affine", a * y + b)):
+        train = write_csv(tmp / f"{name}_train.csv", x[:150], target[:150])
+        test = write_csv(tmp / f"{name}_test.csv", x[150:], target[150:])
+        runs.append(main_on(tmp / name, train, test))
+    plain, affine = (read_predictions(out)[:, 1] for out in runs)
+    close(affine, a * plain + b)
+    for p, q in zip(metrics(runs[0])["history"], metrics(runs[1])["history"], strict=True):
+        assert q["train_loss"] == pytest.approx(a**2 * p["train_loss"], rel=1e-3)
+        assert q["valid_loss"] == pytest.approx(a**2 * p["valid_loss"], rel=1e-3)
+
+
+def test_the_target_scale_comes_from_the_training_rows_only(tmp_path):
+    """Other targets in the validation rows and in the test file change no weight."""
+    x, y = regression(200, 3, seed=3)
+    valid_rows = TableDataset(write_csv(tmp_path / "a.csv", x[:150], y[:150]),
+                               valid_ratio=0.2).valid_rows.numpy()
+    edited = y.copy()
+    edited[valid_rows] = 100 * edited[valid_rows] - 7  # far outside the training range
+    edited[150:] *= -50
+    outs = [main_on(tmp_path / name, write_csv(tmp_path / f"{name}.csv", x[:150], t[:150]),
+                    write_csv(tmp_path / f"{name}_test.csv", x[150:], t[150:]))
+            for name, t in (("plain", y), ("edited", edited))]
+    a, b = (torch.load(out / "last.pt", weights_only=True) for out in outs)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["target_low"] == b["target_low"] and a["target_span"] == b["target_span"]
+
+
+def write_with_ids(path, ids, x, y=None):
+    names = ["Id"] + [f"f{j}" for j in range(x.shape[1])] + ([] if y is None else ["y"])
+    table = np.column_stack([ids, x] + ([] if y is None else [y]))
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([names, *table.tolist()])
+    return path
+
+
+def test_an_id_column_is_never_a_feature(tmp_path):
+    """A first column named id: other ids give the same predictions, and predictions.csv
+    gives back the test file's ids, in order."""
+    x, y = regression(200, 3, seed=4)
+    rng = np.random.default_rng(0)
+    predictions = []
+    for name, ids in (("ordered", np.arange(200)), ("shuffled", rng.permutation(200) * 7 + 3)):
+        out = main_on(tmp_path / name, write_with_ids(tmp_path / f"{name}.csv", ids[:150],
+                                                      x[:150], y[:150]),
+                      write_with_ids(tmp_path / f"{name}_test.csv", ids[150:], x[150:]))
+        predictions.append(read_predictions(out))
+        np.testing.assert_array_equal(predictions[-1][:, 0], ids[150:])
+    np.testing.assert_array_equal(predictions[0][:, 1], predictions[1][:, 1])
+
+
+def test_ids_come_back_as_written(tmp_path):
+    """Ids are text: letters, leading zeros and integers beyond float64's 2**53 come back as
+    the test file has them, in predictions.csv, never as a parsed number."""
+    x, y = regression(60, 3, seed=5)
+    ids = ["A0", "000123", "9007199254740993", "12345678901234567890"] * 15
+    out = main_on(tmp_path / "out", write_with_ids(tmp_path / "t.csv", ids[:40], x[:40], y[:40]),
+                  write_with_ids(tmp_path / "u.csv", ids[40:], x[40:]))
+    with open(out / "predictions.csv") as f:
+        assert [row[0] for row in csv.reader(f)][1:] == ids[40:]
+
+
+def test_predictions_keep_every_digit_of_the_target(tmp_path):
+    """A target of 1.7e9 + y (like a timestamp): predictions.csv is exact to float64, not to
+    7 digits, and a target named "y, mm" is a quoted header cell."""
+    x, y = regression(200, 3, seed=6)
+    names = ["f0", "f1", "f2", "y, mm"]
+    for name, part in (("t.csv", slice(0, 150)), ("u.csv", slice(150, 200))):
+        with open(tmp_path / name, "w", newline="") as f:
+            csv.writer(f).writerows([names, *np.column_stack([x, 1.7e9 + y])[part].tolist()])
+    out = main_on(tmp_path / "out", tmp_path / "t.csv", tmp_path / "u.csv")
+    predictions = read_predictions(out, "y, mm")[:, 1]
+    model, stats = checkpoints.load_model(out / "model.pt")
+    data = TableDataset(tmp_path / "u.csv", stats=stats)
+    by_hand = predict64(model, data.x.double().numpy())[:, 0] * stats.target_span + (
+        stats.target_low)
+    np.testing.assert_allclose(predictions, by_hand, rtol=1e-12, atol=0)
+
+
+def test_a_test_target_far_beyond_the_training_range_still_reports(tmp_path):
+    """A test target of 1e20 (the training targets in [0, 1]): its squared error is beyond
+    float32, not float64; the run ends with a finite test MSE and a valid metrics.json."""
+    x, y = regression(200, 3, seed=7)
+    y[-1] = 1e20
+    out = main_on(tmp_path / "out", write_csv(tmp_path / "t.csv", x[:150], y[:150]),
+                  write_csv(tmp_path / "u.csv", x[150:], y[150:]))
+    assert metrics(out)["test_mse"] == pytest.approx(1e40 / 50, rel=1e-6)
+
+
+def test_a_test_file_with_other_columns_is_refused(capsys, previous_run, tmp_path):
+    """A test file whose columns are not the training file's (here an unnamed index column
+    first, as pandas writes it) would shift every feature: one line naming the column."""
+    x, _ = regression(5, 3, seed=0)
+    bad = tmp_path / "shifted.csv"
+    with open(bad, "w", newline="") as f:
+        csv.writer(f).writerows([["", "f0", "f1", "f2"], *np.column_stack([range(5), x])])
+    assert f"{bad}: column 1 is ''; the training file's is 'f0'" in fails(
+        capsys, previous_run, tmp_path, "--test", bad)
+
+
+def homework_like(n, rng):
+    """A file shaped like the course's homework: id, one-hot states, 3 days of indicators
+    with repeated names, the day-3 percentage of positive tests as the target."""
+    states = np.eye(5)[rng.integers(0, 5, n)]
+    level = rng.normal(0, 1, (n, 1))
+    days = [10 + 3 * level + rng.normal(0, 0.3, (n, 4)) for _ in range(3)]
+    positive = [np.clip(np.exp(1.6 + 0.8 * level[:, 0] + 0.05 * d), 0.3, 30.3) for d in range(3)]
+    header = ["id", *[f"state{k}" for k in range(5)]]
+    columns = [np.arange(n)[:, None], states]
+    for d in range(3):
+        header += ["cli", "ili", "wearing_mask", "tested_positive"]
+        columns += [days[d][:, :3], positive[d][:, None]]
+    return header, np.column_stack(columns)
+
+
+def test_a_homework_shaped_file_runs_end_to_end(tmp_path):
+    """id column, one-hot columns, repeated names, a percent target: main() takes it as it
+    is, and writes id,tested_positive for the unlabelled test file, in its units."""
+    header, table = homework_like(400, np.random.default_rng(1))
+    with open(tmp_path / "covid.train.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *table[:300].tolist()])
+    with open(tmp_path / "covid.test.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header[:-1], *table[300:, :-1].tolist()])
+    out = main_on(tmp_path / "out", tmp_path / "covid.train.csv", tmp_path / "covid.test.csv",
+                  "--epochs", "30")
+    predictions = read_predictions(out, "tested_positive")
+    np.testing.assert_array_equal(predictions[:, 0], np.arange(300, 400))
+    errors = predictions[:, 1] - table[300:, -1]
+    assert np.mean(errors**2) < 0.2 * np.var(table[300:, -1]), "learned the percentages"
+
+
+def test_validation_picks_the_model_and_patience_stops_the_run(tmp_path):
+    """best_epoch has the lowest valid loss (the MSE of model.pt on the validation rows, which
+    then predicts the test file); the run ends at the first epoch `patience` past the best."""
+    out, x, y = run_main(tmp_path, 3, True, "--epochs", "60", "--patience", "2", "--lr", "20")
+    history = metrics(out)["history"]
+    losses = [h["valid_loss"] for h in history]
+    assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
+    best = 1 + int(np.argmin(losses))
+    assert metrics(out)["best_epoch"] == best and best < len(history), "the best is not the last"
+    stops = [e for e in range(1, len(losses) + 1) if e - (1 + int(np.argmin(losses[:e]))) >= 2]
+    assert len(history) < 60 and len(history) == stops[0], "stopped early, and not too early"
+    model, z, _ = check_predictions_come_from_model_pt(out, x, y, valid_ratio=0.2)
+    data = TableDataset(out.parent / "train.csv", valid_ratio=0.2)
+    scaled, span = scaled_by_hand(y[:300], data.train_rows.numpy())
+    valid_rows = data.valid_rows.numpy()
+    by_hand = np.mean((predict64(model, z[valid_rows])[:, 0]
+                       - scaled[valid_rows]) ** 2) * span**2  # in the target's units
+    assert losses[best - 1] == pytest.approx(by_hand, rel=FLOAT32_RTOL), "the loss is the MSE"
+
+
+def test_main_builds_the_lessons_loaders_model_and_optimizer(tmp_path, monkeypatch):
+    """Shuffled batches for training only; the network, the loss and the optimizer are built
+    by the lesson's MLP, make_criterion and make_optimizer (with the given lr), so an edit of
+    the lesson reaches this program."""
+    loaders, models, built = [], [], []
+
+    def recording_make_loader(dataset, batch_size, shuffle, **sampler):
+        loaders.append((len(dataset), shuffle))
+        return make_loader(dataset, batch_size, shuffle, **sampler)
+
+    class RecordingMLP(ml.MLP):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            models.append(self)
+
+    def recording(make):
+        return lambda *args: built.append((make.__name__, make(*args))) or built[-1][1]
+
+    make_loader = speed.make_loader
+    monkeypatch.setattr(mr, "make_loader", recording_make_loader)
+    monkeypatch.setattr(ml, "MLP", RecordingMLP)
+    for name in ("make_criterion", "make_optimizer"):
+        monkeypatch.setattr(ml, name, recording(getattr(ml, name)))
+    run_main(tmp_path, 3, True, "--epochs", "1", "--lr", "0.25")
+    assert set(loaders) == {(60, False), (100, False), (240, True)}  # valid, test, train
+    assert [name for name, _ in built[:2]] == ["make_criterion", "make_optimizer"]
+    optimizer = built[1][1]
+    assert optimizer.param_groups[0]["lr"] == 0.25
+    assert list(map(id, optimizer.param_groups[0]["params"])) == list(
+        map(id, models[0].parameters())), "it steps the model main() trains"
+
+
+def test_the_same_seed_gives_the_same_loss_history(tmp_path):
+    """Two runs with one seed agree to the bit on the CPU; another seed differs."""
+    runs = [metrics(run_main(tmp_path / f"run{i}", 3, True, "--epochs", "3", "--seed", seed)[0])
+            for i, seed in enumerate(["1", "1", "2"])]
+    assert runs[0]["history"] == runs[1]["history"] != runs[2]["history"]
+
+
+# --- Seeing the run: pictures and a progress bar ---
+
+def test_a_run_draws_its_history_and_its_validation_predictions(tmp_path, monkeypatch):
+    """loss.png and predictions.png are PNGs that read back; the curve is metrics.json's
+    history with best_epoch marked; the scatter holds one point per validation row at (true,
+    predicted by model.pt), in the target's units."""
+    from matplotlib.image import imread
+    drawn = {}
+    monkeypatch.setattr(mr, "draw_pictures", lambda *a: drawn.update(real_draw(*a)))
+    out, x, y = run_main(tmp_path, 3, False, "--epochs", "3")
+    for name in ("loss.png", "predictions.png"):
+        height, width, _ = imread(out / name).shape
+        assert 200 <= height <= 2000 and 200 <= width <= 2000
+    lines = {line.get_label(): line for line in drawn["loss.png"].axes[0].get_lines()}
+    history, best = metrics(out)["history"], metrics(out)["best_epoch"]
+    assert list(lines["validation"].get_ydata()) == [h["valid_loss"] for h in history]
+    assert list(lines["training"].get_ydata()) == [h["train_loss"] for h in history]
+    assert set(lines[f"best epoch ({best}): kept"].get_xdata()) == {best}
+    data = TableDataset(out.parent / "train.csv", valid_ratio=0.2)
+    rows, train_rows = data.valid_rows.numpy(), data.train_rows.numpy()
+    model, _ = checkpoints.load_model(out / "model.pt")
+    span = scaled_by_hand(y[:300], train_rows)[1]
+    low = y[:300][train_rows].min() - 0.05 * span
+    predicted = predict64(model, standardised(x[:300], train_rows)[rows])
+    dots = drawn["predictions.png"].axes[0].collections
+    assert len(dots) == 1, "no test targets, no test dots"
+    close(dots[0].get_offsets(), np.column_stack([y[rows], predicted[:, 0] * span + low]))
+
+
+real_draw = outputs.draw_pictures
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_progress_bar_only_on_a_terminal(monkeypatch, capsys):
+    """Output to a file or a pipe gets the loader itself (no bar, no cost); a terminal a
+    tqdm bar over the same batches."""
+    loader = [(torch.ones(2, 1), torch.ones(2, 1))] * 3
+    assert outputs.progress_bar(loader) is loader
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    bar = outputs.progress_bar(loader)
+    assert bar is not loader and list(bar) == loader
+
+
+def test_a_run_into_a_file_prints_only_its_lines(tmp_path, capsys):
+    """Not a terminal: the output is the run's lines, with no progress bar in between."""
+    run_main(tmp_path, 3, True, "--epochs", "2")
+    out = capsys.readouterr().out
+    assert "\r" not in out and "batch" not in out and len(out.splitlines()) == 4
+
+
+# --- Never trust a file: bad input stops with one line and exit code 2, damaging nothing ---
+
+@pytest.fixture(scope="module")
+def previous_run(tmp_path_factory):
+    """A finished run (its CSVs, and its checkpoints in out/) to build bad commands from."""
+    root = tmp_path_factory.mktemp("previous")
+    run_main(root, 3, True, "--epochs", "2")
+    return root
+
+
+def fails(capsys, previous_run, tmp_path, *flags) -> str:
+    """main() with `flags` stops with exit code 2 and a single line on stderr, and every
+    file an earlier run left in --out keeps its bytes. Returns the line."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("model.pt", "last.pt", "predictions.csv", "metrics.json"):
+        (out / name).write_bytes(f"an earlier run's {name}".encode())  # no run writes this
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    good = ["--train", previous_run / "train.csv", "--test", previous_run / "test.csv",
+            "--out", out, "--epochs", 2]
+    with pytest.raises(SystemExit) as stop:  # argparse keeps a flag's last value: `flags` win
+        mr.main([str(arg) for arg in good + list(flags)])
+    line = capsys.readouterr().err
+    assert stop.value.code == 2 and line.startswith("error: ") and line.count("\n") == 1, line
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != outputs.LOCK}
+    assert after == before, "a file was touched"
+    return line
+
+
+BAD_CSVS = {  # what the file holds -> what the message says
+    "empty": (b"", "the file is empty"),
+    "header only": (b"a,b,y\n", "a header but no data rows"),
+    "too few rows to split": (b"a,b,y\n1,2,0.5\n3,4,0.2\n", "2 rows are too few"),
+    "ragged row": (b"a,b,y\n1,2,0.5\n3,4\n5,6,0.1\n", "line 3 has 2 columns"),
+    "non-numeric cell": (b"a,b,y\n1,2,0.5\n3,abc,0.5\n", "line 3, column 2 (b): 'abc'"),
+    "NaN": (b"a,b,y\n1,2,0.5\n3,4,0.5\nnan,4,0.5\n", "line 4, column 1 (a): 'nan'"),
+    "inf": (b"a,b,y\n1,2,0.5\n3,-inf,0.5\n", "line 3, column 2 (b): '-inf'"),
+    "semicolons": (b"a;b;y\n1;2;0.5\n3;4;0.5\n", "line 1 has no commas"),
+    "tabs": (b"a\tb\ty\n1\t2\t0.5\n3\t4\t0.5\n", "line 1 has no commas"),
+    "binary garbage": (bytes(range(256)) * 16, "not a text file"),
+    "no header": (b"1,2,0.5\n3,4,0.5\n5,6,0.5\n", "line 1 holds numbers"),
+    "one column": (b"y\n0.5\n0.2\n0.1\n", "no feature columns"),
+    "only an id and a target": (b"ID,y\n1,0.5\n2,0.2\n3,0.1\n", "no feature columns"),
+    "a constant target": (b"a,b,y\n1,2,5\n3,4,5\n5,6,5\n",
+                          "target y is 5 in every training row: there is nothing to learn"),
+    "a target spread whose square underflows": (
+        b"a,b,y\n1,2,1e-300\n3,4,2e-300\n5,6,0\n",
+        "target y spans only 1e-300 over the training rows"),
+    "beyond float32": (b"a,b,y\n1,2,0.5\n3,1e200,0.5\n5,6,0.5\n",
+                       "line 3, column 2 (b): '1e200' is too large for float32"),
+    "blank first line": (b"\na,b,y\n1,2,0.5\n", "line 1 is blank"),
+    "a huge cell": (b"a,b,y\n1,2,0.5\n3," + b"4" * 200_000 + b",0.5\n",
+                    "not a table of numbers (field larger than field limit"),
+}
+
+
+@pytest.mark.parametrize("content, message", BAD_CSVS.values(), ids=BAD_CSVS.keys())
+def test_a_bad_training_csv_is_named_with_line_and_column(capsys, previous_run, tmp_path,
+                                                          content, message):
+    """Each broken file gets one line that names it, and where it breaks."""
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(content)
+    assert f"{bad}: {message}" in fails(capsys, previous_run, tmp_path, "--train", bad)
+
+
+@pytest.mark.parametrize("name, message", [("missing.csv", "No such file or directory"),
+                                           (".", "Is a directory")])
+def test_a_missing_file_or_a_directory_is_named(capsys, previous_run, tmp_path, name, message):
+    """A path that is not a readable file: its name and the system's reason."""
+    assert f"{tmp_path / name}: {message}" in fails(capsys, previous_run, tmp_path,
+                                                    "--train", tmp_path / name)
+
+
+@pytest.mark.parametrize("columns", [2, 5])
+def test_a_test_csv_must_have_the_training_features(capsys, previous_run, tmp_path, columns):
+    """A test CSV has the training file's F feature columns, and maybe the target: F or F+1."""
+    bad = write_csv(tmp_path / "test.csv", np.full((4, columns), 0.5))
+    assert f"{bad}: {columns} columns; expected the training file's 3 features" in fails(
+        capsys, previous_run, tmp_path, "--test", bad)
+
+
+def test_real_exports_read_like_plain_files(tmp_path):
+    """A UTF-8 BOM, CRLF line ends, quoted numbers and trailing blank lines change nothing."""
+    plain = tmp_path / "plain.csv"
+    plain.write_bytes(b"a,b,y\n1,2,0.5\n3,4,0.25\n5,6,1\n")
+    export = tmp_path / "export.csv"
+    export.write_bytes(b'\xef\xbb\xbf"a","b","y"\r\n"1",2,0.5\r\n3,"4",0.25\r\n5,6,"1"\r\n\r\n\r\n')
+    a, b = TableDataset(plain), TableDataset(export)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+
+
+BAD_FLAGS = [
+    (["--epochs", "0"], "argument --epochs: must be from 1 to 9223372036854775807, got 0"),
+    (["--epochs", str(2**64)], "argument --epochs: must be from 1 to 9223372036854775807"),
+    (["--batch-size", "-3"], "argument --batch-size: must be from 1 to 9223372036854775807"),
+    (["--batch-size", str(2**64)], "argument --batch-size: must be from 1 to"),
+    (["--seed", "4294967296"], "argument --seed: must be from 0 to 4294967295"),  # aliases 0
+    (["--seed", "-1"], "argument --seed: must be from 0 to 4294967295"),
+    (["--lr", "1e308"], "argument --lr: must be above 1.17549e-38 and below 3.40282e+38"),
+    (["--lr", "1e-46"], "argument --lr: must be above 1.17549e-38"),  # 0 in float32
+    (["--lr", "0"], "argument --lr: must be above 1.17549e-38"),
+    (["--lr", "-0.1"], "argument --lr: must be above 1.17549e-38"),
+    (["--lr", "nan"], "argument --lr: must be above 1.17549e-38"),
+    (["--lr", "inf"], "argument --lr: must be above 1.17549e-38"),
+    (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (["--valid-ratio", "1"], "argument --valid-ratio: must be above 0 and below 1"),
+    (["--patience", "0"], "argument --patience: must be from 1 to"),
+    (["--device", "tpu9"], "--device tpu9: unknown"),
+    (["--device", "cuda:99"], "--device cuda:99: not available on this machine"),
+    (["--shuffle"], "unrecognized arguments: --shuffle"),
+]
+if not torch.cuda.is_available():
+    BAD_FLAGS.append((["--device", "cuda"], "--device cuda: not available on this machine"))
+
+
+@pytest.mark.parametrize("flags, message", BAD_FLAGS)
+def test_a_bad_flag_is_named(capsys, previous_run, tmp_path, flags, message):
+    """Each bad flag gets one line that names it."""
+    assert message in fails(capsys, previous_run, tmp_path, *flags)
+
+
+def test_an_out_that_cannot_be_written_is_named(capsys, previous_run, tmp_path):
+    """--out under a plain file cannot be created: the flag is named, nothing is written."""
+    (tmp_path / "a_file").write_text("")
+    assert "--out" in fails(capsys, previous_run, tmp_path, "--out", tmp_path / "a_file" / "x")
+
+
+def test_the_command_line_prints_no_traceback(tmp_path):
+    """A real process: exit code 2, one line on stderr, no Python traceback."""
+    done = subprocess.run([sys.executable, mr.__file__, "--train", str(tmp_path / "none.csv")],
+                          capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr == f"error: {tmp_path / 'none.csv'}: No such file or directory\n"
+
+
+# --- Checkpoints: hostile files refused, saves that survive crashes, resume to the bit ---
+
+class Payload:
+    """Unpickling this object calls open(path, "w"): it would create the file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_a_pickle_with_a_code_payload_is_refused_and_never_runs(capsys, previous_run, tmp_path):
+    """--resume of a file whose unpickling runs code: a clear error, and the code never ran."""
+    marker, evil = tmp_path / "payload_ran", tmp_path / "evil.pt"
+    torch.save({"settings": Payload(marker)}, evil)
+    line = fails(capsys, previous_run, tmp_path, "--resume", evil)
+    assert "weights_only=True" in line and not marker.exists()
+    torch.load(evil, weights_only=False)["settings"].close()  # what the refusal prevents:
+    assert marker.exists(), "the payload is real"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", "not a checkpoint (truncated, or not from torch.save)"),
+    ("a csv", "not a checkpoint (truncated, or not from torch.save)"),
+    ("another dict", "not a minitorch_run checkpoint"),
+])
+def test_a_damaged_or_foreign_checkpoint_is_refused(capsys, previous_run, tmp_path, damage,
+                                                    message):
+    """--resume of a torn file, of a file that is no checkpoint, or of someone else's dict."""
+    bad = tmp_path / "bad.pt"
+    last = (previous_run / "out" / "last.pt").read_bytes()
+    if damage == "truncated":
+        bad.write_bytes(last[: len(last) // 2])
+    elif damage == "a csv":
+        bad.write_bytes((previous_run / "train.csv").read_bytes())
+    else:
+        torch.save({"weights": torch.ones(3)}, bad)
+    assert f"{bad}: {message}" in fails(capsys, previous_run, tmp_path, "--resume", bad)
+
+
+@pytest.mark.parametrize("n_features, message", [
+    (4, "the stopped run's model takes 3 features; from {train} it now gets 4"),
+    (3, "the stopped run trained on other data than {train} (their mean differs)"),
+])
+def test_a_checkpoint_for_other_data_is_refused(capsys, previous_run, tmp_path, n_features,
+                                                message):
+    """--resume with a training file of another width, or of the same width and other rows:
+    named, not crashed into."""
+    x, y = regression(50, n_features, seed=0)
+    other = write_csv(tmp_path / "other.csv", x, y)
+    line = fails(capsys, previous_run, tmp_path, "--train", other, "--test", other,
+                 "--resume", previous_run / "out" / "last.pt")
+    assert message.format(train=other) in line
+
+
+def sizes(state_dict) -> str:
+    """A network's layer sizes, as 3-64-1, from the shapes of its Linear weights (out, in)."""
+    shapes = [tuple(w.shape) for w in state_dict.values() if w.dim() == 2]
+    return "-".join(map(str, [shapes[0][1]] + [out for out, _ in shapes]))
+
+
+def test_a_checkpoint_of_another_network_is_one_line(capsys, previous_run, tmp_path):
+    """Weights of a network other than the one MLP builds (another hidden size, another layer):
+    one line naming both networks' layer sizes, from --resume and from load_model alike."""
+    checkpoint = torch.load(previous_run / "out" / "last.pt", weights_only=True)
+    other = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 1), nn.Sigmoid())
+    checkpoint["model"] = checkpoint["best"]["model"] = {f"net.{k}": w for k, w in
+                                                         other.state_dict().items()}
+    torch.save(checkpoint, tmp_path / "other.pt")
+    message = f"its network has layers 3-5-1; MLP now builds {sizes(ml.MLP(3).state_dict())}"
+    assert message in fails(capsys, previous_run, tmp_path, "--resume", tmp_path / "other.pt")
+    with pytest.raises(InputError, match=message):
+        checkpoints.load_model(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("setting", ["class", "weight_decay", "maximize"])
+def test_a_checkpoint_of_another_optimizer_is_one_line(capsys, previous_run, tmp_path, setting):
+    """--resume of a run whose optimizer differs from the one make_optimizer builds (another
+    class, other settings): one line that says what differs, never a silent change."""
+    checkpoint = torch.load(previous_run / "out" / "last.pt", weights_only=True)
+    built = ml.make_optimizer(ml.MLP(3), 0.1)
+    if setting == "class":
+        checkpoint["optimizer_class"] = "Adagrad"
+        message = f"is Adagrad; make_optimizer now builds {type(built).__name__}"
+    else:
+        now = built.param_groups[0][setting]
+        saved = not now if setting == "maximize" else now + 1e-4
+        checkpoint["optimizer"]["param_groups"][0][setting] = saved
+        message = f"had {setting}={saved} (now {now})"
+    torch.save(checkpoint, tmp_path / "other.pt")
+    assert message in fails(capsys, previous_run, tmp_path, "--resume", tmp_path / "other.pt")
+
+
+def test_checkpoints_hold_only_tensors_and_plain_values(previous_run):
+    """model.pt and last.pt: dicts, lists, numbers, strings and tensors, nothing else."""
+    def leaves(value):
+        if isinstance(value, dict):
+            assert all(isinstance(k, str | int) for k in value)
+            return [leaf for v in value.values() for leaf in leaves(v)]
+        if isinstance(value, list | tuple):
+            return [leaf for v in value for leaf in leaves(v)]
+        return [value]
+
+    for name in ("model.pt", "last.pt"):
+        checkpoint = torch.load(previous_run / "out" / name, weights_only=True)
+        assert all(v is None or isinstance(v, torch.Tensor | int | float | str | bool)
+                   for v in leaves(checkpoint))
+
+
+def test_a_crash_inside_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    """save_checkpoint writes beside the file and renames: a save that dies halfway (a full
+    disk) is one InputError, leaves the old checkpoint whole, and no temporary file."""
+    path = tmp_path / "model.pt"
+    checkpoints.save_checkpoint({"model": {"w": torch.zeros(1000)}}, path)
+
+    def dies_halfway(obj, f):
+        f.write(b"PK\x03\x04 half a zip archive")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(InputError, match="model.pt: cannot write it \\(disk full\\)"):
+        checkpoints.save_checkpoint({"model": {"w": torch.ones(1000)}}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.zeros(1000))
+    assert os.listdir(tmp_path) == ["model.pt"], "the temporary file is removed"
+
+
+KEEPS_SAVING = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from minitorch_tool import checkpoints
+for i in range(10**6):
+    checkpoint = {{"i": i, "w": torch.full((2_000_000,), float(i))}}
+    print("saving", i, flush=True)
+    checkpoints.save_checkpoint(checkpoint, {path!r})
+"""
+
+
+def test_kill_9_while_saving_leaves_a_whole_checkpoint(tmp_path):
+    """A process killed at an arbitrary moment of its saves leaves a file that loads, and
+    holds one whole checkpoint."""
+    path = tmp_path / "model.pt"
+    script = KEEPS_SAVING.format(root=str(Path(mr.__file__).parent), path=str(path))
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                          text=True) as child:
+        for _ in range(3):  # let it save twice, then kill it inside the third save
+            child.stdout.readline()
+        time.sleep(0.005)  # here: while it writes or fsyncs model.pt.tmp
+        child.send_signal(signal.SIGKILL)
+    checkpoint = torch.load(path, weights_only=True)
+    assert torch.equal(checkpoint["w"], torch.full((2_000_000,), float(checkpoint["i"])))
+
+
+def same_values(a, b) -> bool:
+    """Equal dicts, lists and values, tensors compared to the bit (an optimizer's state)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_values(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(map(same_values, a, b))
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
+    """Stop after 2 epochs, --resume to 4: the same weights, optimizer state, history and
+    predictions, to the bit, as 4 epochs in one go."""
+    flags = ("--epochs", "4", "--patience", "9", "--seed", "3", "--lr", "0.3")
+    whole, _, _ = run_main(tmp_path / "whole", 3, True, *flags)
+    stopped, _, _ = run_main(tmp_path / "stopped", 3, True, *flags[:-2], "--lr", "0.3",
+                             "--epochs", "2")
+    resumed, _, _ = run_main(tmp_path / "stopped", 3, True, "--epochs", "4", "--patience", "9",
+                             "--resume", str(stopped / "last.pt"))
+    a, b = (torch.load(out / "last.pt", weights_only=True) for out in (whole, resumed))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert same_values(a["optimizer"], b["optimizer"]) and a["history"] == b["history"]
+    assert (whole / "predictions.csv").read_bytes() == (resumed / "predictions.csv").read_bytes()
+
+
+# --- Never lose work: divergence, resume with flags, shared folders, signals ---
+
+def test_a_diverged_run_stops_before_it_writes(capsys, previous_run, tmp_path):
+    """A loss that turns inf or NaN stops the run at once, naming --lr; --out keeps its files."""
+    assert "the run diverged; lower --lr (now 1e+30)" in fails(capsys, previous_run, tmp_path,
+                                                                 "--lr", "1e30")
+
+
+def test_a_flag_typed_on_resume_takes_effect_with_a_note(tmp_path, capsys):
+    """--resume with --lr 0.1: the run goes on with 0.1, says so, and last.pt records it."""
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "1", "--lr", "0.05")
+    run_main(tmp_path, 3, True, "--epochs", "2", "--lr", "0.1", "--resume", str(out / "last.pt"))
+    assert "--lr 0.1 replaces the stopped run's 0.05" in capsys.readouterr().out
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["settings"]["lr"] == last["optimizer"]["param_groups"][0]["lr"] == 0.1
+
+
+def test_a_resume_restores_the_stopped_runs_settings(tmp_path):
+    """--resume alone: the stopped run's epochs, patience, lr and batch size, not the defaults."""
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "3", "--patience", "9", "--lr", "0.2",
+                         "--batch-size", "5")
+    (out / "metrics.json").unlink()
+    run_main(tmp_path, 3, True, "--resume", str(out / "last.pt"))
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["settings"] == {"seed": 0, "valid_ratio": 0.2, "lr": 0.2, "batch_size": 5,
+                                "epochs": 3, "patience": 9} and last["epoch"] == 3
+
+
+@pytest.mark.parametrize("flag", ["--seed", "--valid-ratio"])
+def test_a_resume_with_another_split_is_refused(capsys, previous_run, tmp_path, flag):
+    """--seed and --valid-ratio pick the validation rows: a resume cannot change them."""
+    line = fails(capsys, previous_run, tmp_path, flag, "0.5" if "ratio" in flag else "7",
+                 "--resume", previous_run / "out" / "last.pt")
+    assert f"{flag} " in line and "picks its validation rows" in line
+
+
+CRAFTED = {  # what a hostile or damaged last.pt changes -> how
+    "settings that name another --out": lambda c: c["settings"].update(out="elsewhere"),
+    "settings of None": lambda c: c.update(settings=None),
+    "a negative lr": lambda c: c["settings"].update(lr=-5.0),
+    "a batch size as text": lambda c: c["settings"].update(batch_size="16"),
+    "a seed beyond 32 bits": lambda c: c["settings"].update(seed=2**70),
+    "a bool for a count": lambda c: c["settings"].update(epochs=True),
+    "an epoch as text": lambda c: c.update(epoch="x"),
+    "a history of the wrong length": lambda c: c.update(history=[]),
+    "no best model": lambda c: c.update(best=None),
+    "a NaN weight": lambda c: c["model"]["net.2.bias"].fill_(float("nan")),
+    "an empty optimizer state": lambda c: c.update(optimizer={}),
+    "a random generator state of the wrong size": lambda c: c.update(rng=torch.zeros(3)),
+    "a std of zero": lambda c: c["std"].zero_(),
+    "a random generator state of floats": lambda c: c.update(rng=c["rng"].float()),
+    "a random generator state that is none": lambda c: c["rng"].fill_(255),
+    "an epoch of 2**40": lambda c: c.update(epoch=2**40),
+    "a loss as a tensor": lambda c: c["history"][0].update(train_loss=torch.tensor(0.5)),
+    "a negative loss": lambda c: c["history"][0].update(valid_loss=-1.0),
+}
+
+
+@pytest.mark.parametrize("craft", CRAFTED.values(), ids=CRAFTED.keys())
+def test_every_value_of_a_checkpoint_is_checked(capsys, previous_run, tmp_path, craft):
+    """weights_only=True stops code, not wrong values: each is checked like a flag, and a bad
+    one is one line, before anything is written."""
+    checkpoint = torch.load(previous_run / "out" / "last.pt", weights_only=True)
+    craft(checkpoint)
+    torch.save(checkpoint, tmp_path / "crafted.pt")
+    line = fails(capsys, previous_run, tmp_path, "--resume", tmp_path / "crafted.pt")
+    assert "a damaged or foreign checkpoint" in line
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_csv_from_a_pipe_is_read_whole(tmp_path):
+    """A named pipe, as --train <(cat train.csv) gives, can be read once: every row arrives."""
+    x, y = regression(3000, 4, seed=0)  # more than one read buffer
+    plain = write_csv(tmp_path / "plain.csv", x, y)
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(plain.read_bytes()))
+    writer.start()
+    piped = TableDataset(fifo)
+    writer.join()
+    assert torch.equal(piped.x, TableDataset(plain).x) and len(piped) == 3000
+
+
+def test_an_early_stopped_run_stays_stopped_and_keeps_a_copy_of_its_best(tmp_path, capsys):
+    """last.pt keeps its best model as a copy (deepcopy of the state_dict, which holds live
+    tensors): equal to model.pt, not to the last weights; resumed, the stopped run trains no
+    more epochs."""
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "60", "--patience", "2", "--lr", "20")
+    last = torch.load(out / "last.pt", weights_only=True)
+    best = torch.load(out / "model.pt", weights_only=True)["model"]
+    assert last["best_epoch"] < last["epoch"] < 60
+    assert all(torch.equal(last["best"]["model"][k], w) for k, w in best.items())
+    assert not all(torch.equal(last["model"][k], w) for k, w in best.items())
+    run_main(tmp_path, 3, True, "--resume", str(out / "last.pt"))
+    assert "it had stopped early" in capsys.readouterr().out
+    assert len(metrics(out)["history"]) == last["epoch"], "no epoch was added"
+
+
+def test_a_resume_on_edited_targets_is_refused(capsys, previous_run, tmp_path):
+    """The same features with other targets are other data: a resume refuses them."""
+    rows = list(csv.reader((previous_run / "train.csv").read_text().splitlines()))
+    edited = tmp_path / "edited.csv"
+    with edited.open("w", newline="") as f:
+        csv.writer(f).writerows([rows[0]] + [r[:-1] + [str(1 - float(r[-1]))] for r in rows[1:]])
+    line = fails(capsys, previous_run, tmp_path, "--train", edited,
+                 "--resume", previous_run / "out" / "last.pt")
+    assert f"the stopped run trained on other data than {edited}" in line
+
+
+@pytest.mark.parametrize("cell, message", [
+    (1e300, "line 3, column 1 (f0): '1e+300' is too large for float32"),
+    (1e36, "data row 2, feature 1: too far from the training rows' values"),  # std 0.0005
+])
+def test_a_test_cell_that_overflows_float32_is_named(capsys, previous_run, tmp_path, cell,
+                                                     message):
+    """Finite in float64 is not enough: the model computes in float32, on standardised values."""
+    x = np.array([[1.0, 2, 3], [1.001, 4, 5], [1.0, 3, 1], [1.001, 5, 2], [1, 2, 2]])
+    train = write_csv(tmp_path / "train.csv", x, np.linspace(0, 1, 5))
+    test = write_csv(tmp_path / "test.csv", np.array([[1.0, 2, 3], [cell, 2, 3]]))
+    line = fails(capsys, previous_run, tmp_path, "--train", train, "--test", test,
+                 "--valid-ratio", "0.2")
+    assert f"{test}: {message}" in line
+
+
+def test_cpu_0_is_the_cpu(tmp_path):
+    """--device cpu:0 names the CPU: the run ends, and its checkpoints load."""
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "1", "--device", "cpu:0")
+    assert metrics(out)["best_epoch"] == 1 and checkpoints.load_model(out / "model.pt")
+
+
+def test_a_link_planted_in_out_is_never_written_through(tmp_path):
+    """Temporary files get new names, created exclusively: a link at a guessable name in
+    --out cannot make a run write to the file it points to."""
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in ("model.pt", "last.pt", "predictions.csv", "metrics.json"):
+        for planted in (f"{name}.tmp", f".{name}.tmp"):
+            (out / planted).symlink_to(victim)
+    run_main(tmp_path, 3, True, "--epochs", "1")
+    assert victim.read_text() == "keep me" and metrics(out)["best_epoch"] == 1
+
+
+def test_a_second_run_on_a_busy_out_is_refused(capsys, previous_run, tmp_path):
+    """One run at a time per --out: while another holds its lock (filelock's, on run.lock),
+    a run is refused."""
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with filelock.FileLock(busy / outputs.LOCK):  # what a running run holds
+        line = fails(capsys, previous_run, tmp_path, "--out", busy)
+    assert "another run is writing there" in line and os.listdir(busy) == [outputs.LOCK]
+
+
+def test_a_directory_where_an_output_goes_is_found_before_training(capsys, previous_run,
+                                                                     tmp_path):
+    """out/model.pt a directory: one line before the first epoch, nothing else written."""
+    (tmp_path / "o2" / "model.pt").mkdir(parents=True)
+    line = fails(capsys, previous_run, tmp_path, "--out", tmp_path / "o2")
+    assert "model.pt is a directory" in line and os.listdir(tmp_path / "o2") == ["model.pt"]
+    assert "epoch" not in capsys.readouterr().out
+
+
+def test_under_torchrun_only_rank_0_prints_an_error(monkeypatch, capsys):
+    """Every rank meets the same bad flag; one line in all, from rank 0. A RANK left in the
+    environment of a plain run (no LOCAL_RANK: no torchrun) silences nothing."""
+    errors = []
+    for local_rank, rank in (("1", "1"), ("0", "0"), (None, "1")):
+        if local_rank is None:
+            monkeypatch.delenv("LOCAL_RANK")
+        else:
+            monkeypatch.setenv("LOCAL_RANK", local_rank)
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit):
+            mr.main(["--lr", "0"])
+        errors.append(capsys.readouterr().err)
+    assert errors[0] == "" and errors[1] == errors[2] != "" and errors[1].count("\n") == 1
+
+
+def test_files_get_the_permissions_of_the_umask(tmp_path):
+    """tempfile makes its files 0600; a saved file gets what open() would give: 0644 under
+    umask 022, never writable by others."""
+    old = os.umask(0o022)
+    try:
+        checkpoints.save_checkpoint({"w": torch.ones(2)}, tmp_path / "model.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model.pt").stat().st_mode & 0o777 == 0o644
+
+
+WRITES_A_BIG_FILE = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+import minitorch_run as mr
+resource.setrlimit(resource.RLIMIT_FSIZE, (15_000, 15_000))  # a disk that fills up
+mr.main(["--out", {out!r}, "--train", {train!r}, "--test", {test!r}, "--epochs", "1"])
+"""
+
+
+def test_a_full_disk_is_one_line_and_leaves_the_old_files(tmp_path):
+    """torch.save on a full disk (here: a file size limit) raises a RuntimeError that hides
+    the OSError: still one line, exit 2, no temporary file left, the old file whole."""
+    x, y = regression(300, 30, seed=0)  # last.pt of a 30-feature model: over 15 kB
+    train, test = write_csv(tmp_path / "t.csv", x, y), write_csv(tmp_path / "u.csv", x[:5])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"an earlier run's last.pt")
+    script = WRITES_A_BIG_FILE.format(root=str(Path(mr.__file__).parent), out=str(out),
+                                      train=str(train), test=str(test))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "cannot write it (File too large)" in done.stderr
+    assert (out / "last.pt").read_bytes() == b"an earlier run's last.pt"
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp") or p.startswith(".")]
+
+
+def test_an_empty_resume_is_a_missing_file(capsys, previous_run, tmp_path):
+    """--resume "" names no checkpoint: refused, not taken for no --resume."""
+    assert "No such file or directory" in fails(capsys, previous_run, tmp_path, "--resume", "")
+
+
+def test_a_resume_into_another_out_that_fails_writes_nothing(capsys, previous_run, tmp_path):
+    """The best model so far reaches a new --out with the first finished epoch, not before:
+    a resumed run that diverges at once leaves that --out as it was."""
+    line = fails(capsys, previous_run, tmp_path, "--resume", previous_run / "out" / "last.pt",
+                 "--epochs", "5", "--lr", "1e30")
+    assert "the run diverged" in line
+
+
+def test_a_closed_stdout_changes_nothing(tmp_path):
+    """python minitorch_run.py >&- (stdout closed): the run ends with its files, exit 0."""
+    command = (f"exec {sys.executable} {mr.__file__} --epochs 1 --train {DATA / 'train.csv'} "
+               f"--test {DATA / 'test.csv'} >&-")
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert metrics(tmp_path / "runs")["best_epoch"] == 1
+
+
+def start_run(tmp_path, *flags, **popen):
+    """minitorch_run.py as a process on the bundled data, writing to tmp_path/out."""
+    return subprocess.Popen(
+        [sys.executable, mr.__file__, "--train", str(DATA / "train.csv"), "--test",
+         str(DATA / "test.csv"), "--out", "out", *flags], cwd=tmp_path, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    """Ctrl-C after an epoch: exit 130, one line naming last.pt and the exact command to go
+    on with; last.pt is whole."""
+    with start_run(tmp_path, "--epochs", "1000", "--patience", "1000") as child:
+        while not child.stdout.readline().startswith("epoch"):
+            pass
+        child.send_signal(signal.SIGINT)
+        err = child.stderr.read()
+    assert child.returncode == 130 and err.count("\n") == 1, err
+    assert err.startswith("interrupted: out/last.pt holds the last finished epoch; go on with:")
+    assert err.rstrip().endswith("--patience 1000 --resume out/last.pt")
+    assert torch.load(tmp_path / "out" / "last.pt", weights_only=True)["epoch"] >= 1
+
+
+def test_a_closed_stdout_does_not_stop_the_run(tmp_path):
+    """python minitorch_run.py | head -1: the reader leaves, the run still finishes every
+    file, and prints no traceback."""
+    with start_run(tmp_path, "--epochs", "2") as child:
+        child.stdout.readline()
+        child.stdout.close()  # as head -1 does after one line
+        err = child.stderr.read()
+    assert child.returncode == 0 and err == "", err
+    assert metrics(tmp_path / "out")["best_epoch"] >= 1
+    assert len(read_predictions(tmp_path / "out")) == len(TableDataset(DATA / "test.csv"))
+
+
+def test_a_constant_column_standardises_to_zero(tmp_path):
+    """A feature with no spread gets std 1 (not 0: no division by zero), so it reads 0."""
+    x, y = regression(20, 3, seed=1)
+    x[:, 1] = 7.0
+    data = TableDataset(write_csv(tmp_path / "c.csv", x, y))
+    assert data.stats.std[1] == 1 and torch.equal(data.x[:, 1], torch.zeros(20))
+    close(data.x[:, 0].numpy(), (x[:, 0] - x[:, 0].mean()) / x[:, 0].std(ddof=1))
+
+
+# --- Scaling out: torchrun and DistributedDataParallel (CPU, gloo, 2 processes) ---
+
+DDP_LR = 0.01  # small: with Adam (an exercise), larger steps amplify the rounding in which
+#               the ranks' averaged gradients and one process's batch mean differ
+
+
+def one_step(model, optimizer, x, y):
+    """One step of the module's optimizer on the mean squared error of (x, y)."""
+    optimizer.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    optimizer.step()
+
+
+def ddp_one_epoch(rank, init_file, csv_path, batch_size, out_dir):
+    """Rank `rank` of 2: one train() epoch on its DistributedSampler share, wrapped in DDP as
+    main() wraps it; saves its weights and the batches of row indices it trained on."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        dataset = CountingDataset(csv_path)
+        dataset.calls = []
+        torch.manual_seed(0)
+        model = nn.parallel.DistributedDataParallel(ml.MLP(dataset.x.shape[1]))
+        loader = speed.make_loader(dataset, batch_size, shuffle=True,
+                                sampler=DistributedSampler(dataset, seed=0))
+        ml.train(model, loader, nn.MSELoss(), ml.make_optimizer(model, DDP_LR), "cpu")
+        torch.save({"model": model.module.state_dict(), "batches": dataset.calls},
+                   Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_of_batch_b_step_as_one_process_of_batch_2b(tmp_path):
+    """What makes DDP correct: averaging the gradients of 2 ranks of b rows each is one SGD
+    step on their 2b rows, so after an epoch both ranks hold the weights that one process
+    gets from batches of 2b in the same order (23 rows a rank: 5+5+5+5+3, a short last one)."""
+    x, y = regression(46, 3, seed=0)
+    path = write_csv(tmp_path / "d.csv", x, y)
+    torch.multiprocessing.spawn(ddp_one_epoch, nprocs=2,
+                                args=(str(tmp_path / "init"), str(path), 5, str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    dataset = TableDataset(path)
+    torch.manual_seed(0)
+    reference = ml.MLP(3)  # the ranks' initial weights
+    optimizer = ml.make_optimizer(reference, DDP_LR)
+    for mine, theirs in zip(ranks[0]["batches"], ranks[1]["batches"], strict=True):
+        rows = torch.cat([mine, theirs])  # one process, one batch of 2b rows
+        one_step(reference, optimizer, dataset.x[rows], dataset.y[rows])
+    assert sorted(torch.cat([*ranks[0]["batches"], *ranks[1]["batches"]]).tolist()) == list(
+        range(46)), "the two shares make the whole epoch"
+    for rank in ranks:
+        for name, p in reference.state_dict().items():
+            close(rank["model"][name].numpy(), p.numpy())
+
+
+def test_torchrun_on_two_processes_trains_as_one_run(tmp_path):
+    """torchrun --nproc_per_node=2: exit 0, each epoch printed once, no warning; last.pt holds
+    the weights of one process stepping on both ranks' batches together, with a new order each
+    epoch (DistributedSampler: a permutation seeded with seed + epoch, rank r taking every
+    second index from r); the reported valid loss is the one-process number."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", mr.__file__, "--epochs", "2",
+         "--device", "cpu",  # gloo between CPU processes, also where there is a GPU
+         "--lr", str(DDP_LR), "--train", str(DATA / "train.csv"), "--test",
+         str(DATA / "test.csv"), "--out", "out"],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})  # else torchrun prints a notice about it
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert [line[:9] for line in done.stdout.splitlines() if line.startswith("epoch")] == [
+        "epoch   1", "epoch   2"]
+    data = TableDataset(DATA / "train.csv", valid_ratio=0.2, seed=0)
+    torch.manual_seed(0)
+    reference = ml.MLP(data.x.shape[1])  # main()'s initial weights for seed 0
+    optimizer = ml.make_optimizer(reference, DDP_LR)
+    for epoch in (1, 2):
+        order = torch.randperm(4800, generator=torch.Generator().manual_seed(0 + epoch))
+        for k in range(0, 2400, 16):  # 16 rows from each rank's share: one step on 32
+            rows = data.train_rows[torch.cat([order[0::2][k:k + 16], order[1::2][k:k + 16]])]
+            one_step(reference, optimizer, data.x[rows], data.y[rows])
+    last = torch.load(tmp_path / "out" / "last.pt", weights_only=True)
+    for name, p in reference.state_dict().items():
+        close(last["model"][name].numpy(), p.numpy())
+    model, _ = checkpoints.load_model(tmp_path / "out" / "model.pt")
+    valid = speed.make_loader(Subset(data, data.valid_rows), 16, shuffle=False)
+    best = metrics(tmp_path / "out")["best_epoch"]
+    units = data.stats.target_span**2  # the run reports the MSE in the target's units
+    assert metrics(tmp_path / "out")["history"][best - 1]["valid_loss"] == ml.evaluate(
+        model, valid, nn.MSELoss(), "cpu") * units
+
+
+def test_the_process_group_is_torn_down_after_a_run_and_after_an_error(tmp_path, monkeypatch,
+                                                                       capsys):
+    """Under torchrun's environment (here a world of one), main() joins the process group and
+    leaves it at the end, and also when a bad input stops the run."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "1")
+    assert not dist.is_initialized() and metrics(out)["best_epoch"] == 1
+    with pytest.raises(SystemExit):
+        mr.main(["--train", str(tmp_path / "missing.csv"), "--out", str(out)])
+    assert not dist.is_initialized() and "missing.csv" in capsys.readouterr().err
