@@ -1,7 +1,11 @@
 # make run / make test / make bench / make clean. The first two create .venv and install requirements.txt.
 PYTHON ?= python3
 VENV := .venv
+ifeq ($(OS),Windows_NT)
+PY := $(VENV)/Scripts/python.exe
+else
 PY := $(VENV)/bin/python
+endif
 
 .PHONY: run test bench clean
 
@@ -11,6 +15,7 @@ $(VENV)/installed: requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# The lesson: the notes' loop on the bundled data.
 run: $(VENV)/installed
 	$(PY) minitorch_loop.py
 
@@ -20,9 +25,10 @@ test: $(VENV)/installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -rs -W error
 
-# Our loop, loader and start-up beside their floors, measured side by side (not a test).
+# Both programs' loops, loaders, CSV load and start-up beside their floors, measured side by
+# side (not a test).
 bench: $(VENV)/installed
 	$(PY) bench.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis .ruff_cache __pycache__
+	rm -rf $(VENV) runs .pytest_cache .hypothesis .ruff_cache __pycache__ minitorch_tool/__pycache__

@@ -9,10 +9,12 @@ computation (by hand, in float64 NumPy), never against the code under test.
     make test        # both files; or: .venv/bin/python -m pytest -q test_minitorch_run.py
 """
 
+import ast
 import csv
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,12 +31,13 @@ import torch.distributed as dist
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 import minitorch_loop as ml  # not `from ... import test`: pytest would collect it as a test
 import minitorch_run as mr
-from minitorch_tool import checkpoints, outputs, speed
+from minitorch_tool import checkpoints, outputs, speed, torchrun
 from minitorch_tool.csvs import TableDataset
 from minitorch_tool.errors import InputError
 from minitorch_tool.scaling import Scaling
@@ -57,12 +60,16 @@ from test_minitorch_loop import (
 )
 
 
+def posix_only(what):
+    """Skip a test elsewhere than on Linux or macOS: it needs `what`, which Windows lacks."""
+    return pytest.mark.skipif(os.name != "posix", reason=f"needs POSIX: {what}")
+
+
 def indexed_dataset(scratch, n, n_features=2):
     """n rows whose feature 0 is the row number and whose target is row / n; no scaling."""
     x = np.column_stack([np.arange(n)] + [np.ones(n)] * (n_features - 1))
     path = write_csv(scratch / "indexed.csv", x, np.arange(n) / n)
-    return TableDataset(path, stats=Scaling(torch.zeros(n_features),
-                                                     torch.ones(n_features)))
+    return TableDataset(path, stats=Scaling(torch.zeros(n_features), torch.ones(n_features)))
 
 
 def scaled_by_hand(y, fit_rows=slice(None)):
@@ -195,11 +202,11 @@ def test_predictions_have_exactly_the_targets_shape(scratch, n, batch_size, n_fe
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_checkpoint_saved_on_any_device_loads_on_the_cpu(tmp_path, device):
-    """load_model(path, "cpu") reads weights saved from a GPU: map_location moves them."""
+    """load_model(path, "cpu") reads weights saved from a GPU: map_location moves them. The
+    scaling's float64 statistics stay on the CPU (MPS has no float64)."""
     model = ml.MLP(3).to(device)
-    stats = Scaling(torch.zeros(3, dtype=torch.float64, device=device),
-                       torch.ones(3, dtype=torch.float64, device=device), 0.0, 1.0, "y",
-                       ["a", "b", "c"])
+    stats = Scaling(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64),
+                    0.0, 1.0, "y", ["a", "b", "c"])
     checkpoints.save_model(model, stats, tmp_path / "model.pt")
     loaded, _ = checkpoints.load_model(tmp_path / "model.pt", "cpu")
     for saved, read in zip(model.parameters(), loaded.parameters(), strict=True):
@@ -831,6 +838,7 @@ for i in range(10**6):
 """
 
 
+@posix_only("SIGKILL")
 def test_kill_9_while_saving_leaves_a_whole_checkpoint(tmp_path):
     """A process killed at an arbitrary moment of its saves leaves a file that loads, and
     holds one whole checkpoint."""
@@ -940,6 +948,7 @@ def test_every_value_of_a_checkpoint_is_checked(capsys, previous_run, tmp_path, 
     assert not (tmp_path / "elsewhere").exists()
 
 
+@posix_only("os.mkfifo")
 def test_a_csv_from_a_pipe_is_read_whole(tmp_path):
     """A named pipe, as --train <(cat train.csv) gives, can be read once: every row arrives."""
     x, y = regression(3000, 4, seed=0)  # more than one read buffer
@@ -1000,6 +1009,7 @@ def test_cpu_0_is_the_cpu(tmp_path):
     assert metrics(out)["best_epoch"] == 1 and checkpoints.load_model(out / "model.pt")
 
 
+@posix_only("symlinks without privileges")
 def test_a_link_planted_in_out_is_never_written_through(tmp_path):
     """Temporary files get new names, created exclusively: a link at a guessable name in
     --out cannot make a run write to the file it points to."""
@@ -1049,6 +1059,7 @@ def test_under_torchrun_only_rank_0_prints_an_error(monkeypatch, capsys):
     assert errors[0] == "" and errors[1] == errors[2] != "" and errors[1].count("\n") == 1
 
 
+@posix_only("a umask and mode bits")
 def test_files_get_the_permissions_of_the_umask(tmp_path):
     """tempfile makes its files 0600; a saved file gets what open() would give: 0644 under
     umask 022, never writable by others."""
@@ -1069,6 +1080,7 @@ mr.main(["--out", {out!r}, "--train", {train!r}, "--test", {test!r}, "--epochs",
 """
 
 
+@posix_only("RLIMIT_FSIZE")
 def test_a_full_disk_is_one_line_and_leaves_the_old_files(tmp_path):
     """torch.save on a full disk (here: a file size limit) raises a RuntimeError that hides
     the OSError: still one line, exit 2, no temporary file left, the old file whole."""
@@ -1100,6 +1112,7 @@ def test_a_resume_into_another_out_that_fails_writes_nothing(capsys, previous_ru
     assert "the run diverged" in line
 
 
+@posix_only("bash's >&-")
 def test_a_closed_stdout_changes_nothing(tmp_path):
     """python minitorch_run.py >&- (stdout closed): the run ends with its files, exit 0."""
     command = (f"exec {sys.executable} {mr.__file__} --epochs 1 --train {DATA / 'train.csv'} "
@@ -1118,6 +1131,7 @@ def start_run(tmp_path, *flags, **popen):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
+@posix_only("SIGINT to a child process")
 def test_ctrl_c_says_how_to_resume(tmp_path):
     """Ctrl-C after an epoch: exit 130, one line naming last.pt and the exact command to go
     on with; last.pt is whole."""
@@ -1258,3 +1272,133 @@ def test_the_process_group_is_torn_down_after_a_run_and_after_an_error(tmp_path,
     with pytest.raises(SystemExit):
         mr.main(["--train", str(tmp_path / "missing.csv"), "--out", str(out)])
     assert not dist.is_initialized() and "missing.csv" in capsys.readouterr().err
+
+
+# --- Where learners are: Windows, macOS, notebooks, python -O, other torch releases ---
+
+WITHOUT_POSIX = """
+import sys
+for name in ("fcntl", "resource", "termios"):
+    sys.modules[name] = None  # `import fcntl` fails, as on Windows
+sys.path.insert(0, {root!r})
+import minitorch_loop as ml
+import minitorch_run as mr
+ml.main(["--epochs", "1", "--out", "lesson"])
+mr.main(["--epochs", "1", "--out", "tool", "--train", {train!r}, "--test", {test!r}])
+import pytest
+sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", {root!r}]))
+"""
+
+
+def test_both_programs_train_and_the_suite_is_collected_without_posix_modules(tmp_path):
+    """With fcntl, resource and termios missing (as on Windows), both programs train and
+    every test is collected. filelock, without fcntl here (and without Windows' msvcrt), falls
+    back to a soft lock and says so: the one warning expected."""
+    x, y = regression(100, 3, seed=0)
+    script = WITHOUT_POSIX.format(root=str(Path(mr.__file__).parent),
+                                  train=str(write_csv(tmp_path / "t.csv", x[:80], y[:80])),
+                                  test=str(write_csv(tmp_path / "u.csv", x[80:])))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "Warning" in line]
+    assert warnings == [w for w in warnings if "only soft file lock is available" in w]
+    assert (tmp_path / "lesson" / "model.pt").exists()
+    assert metrics(tmp_path / "tool")["best_epoch"] == 1
+    assert re.fullmatch(r"\d+ tests collected in \S+s", done.stdout.splitlines()[-1])  # no errors
+
+
+PROGRAMS = ["minitorch_loop.py", "minitorch_run.py", *Path(mr.__file__).parent.glob(
+    "minitorch_tool/*.py")]
+
+
+@pytest.mark.parametrize("path", PROGRAMS, ids=lambda p: Path(p).name)
+def test_no_input_check_lives_in_an_assert(path):
+    """python -O strips every assert: the programs hold none, so -O and -OO keep every check."""
+    tree = ast.parse((Path(mr.__file__).parent / path).read_text(encoding="utf-8"))
+    assert not [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]
+
+
+def test_python_OO_runs_both_programs_and_keeps_their_checks(previous_run, tmp_path):
+    """python -OO (no asserts, no docstrings): the lesson trains; the tool trains, and still
+    refuses a damaged checkpoint in one line."""
+    root = Path(mr.__file__).parent
+    lesson = subprocess.run([sys.executable, "-OO", root / "minitorch_loop.py", "--epochs", "1",
+                             "--out", tmp_path / "lesson"], capture_output=True, text=True,
+                            check=False)
+    assert lesson.returncode == 0 and lesson.stderr == "", lesson.stderr
+    checkpoint = torch.load(previous_run / "out" / "last.pt", weights_only=True)
+    checkpoint["std"].zero_()
+    torch.save(checkpoint, tmp_path / "crafted.pt")
+    tool = subprocess.run([sys.executable, "-OO", root / "minitorch_run.py", "--train",
+                           previous_run / "train.csv", "--test", previous_run / "test.csv",
+                           "--out", tmp_path / "tool", "--resume", tmp_path / "crafted.pt"],
+                          capture_output=True, text=True, check=False)
+    assert tool.returncode == 2 and "a damaged or foreign checkpoint" in tool.stderr
+
+
+def test_a_checkpoint_with_another_releases_optimizer_keys_resumes(previous_run, tmp_path):
+    """Torch releases add and drop param-group keys that say how a step is computed (fused,
+    foreach, ...): a last.pt without today's, or with one today's torch does not know, resumes;
+    what changes the update (momentum, weight decay, ...) is still compared."""
+    checkpoint = torch.load(previous_run / "out" / "last.pt", weights_only=True)
+    group = checkpoint["optimizer"]["param_groups"][0]
+    for key in ("fused", "foreach", "differentiable"):
+        group.pop(key, None)
+    group["a_later_releases_flag"] = True
+    torch.save(checkpoint, tmp_path / "other_release.pt")
+    out, _, _ = run_main(tmp_path, 3, True, "--resume", str(tmp_path / "other_release.pt"),
+                         "--epochs", "3")
+    assert metrics(out)["best_epoch"] >= 1 and len(metrics(out)["history"]) == 3
+
+
+def test_torchrun_on_apples_mps_is_one_line(monkeypatch):
+    """torch.distributed's backends take CPU or CUDA tensors: MPS under torchrun is refused
+    with a line that names the way out."""
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(InputError, match="MPS has no process-group backend; add --device cpu"):
+        torchrun.join_torchrun(torch.device("mps"))
+
+
+def test_a_file_held_open_elsewhere_is_one_line(tmp_path, monkeypatch):
+    """Windows refuses to replace a file another program holds open (PermissionError): one
+    line that says so, and the old file and no temporary file left."""
+    (tmp_path / "metrics.json").write_text("old")
+
+    def held_open(src, dst):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", held_open)
+    held = "cannot replace it .Permission denied; is it open in another program"
+    with pytest.raises(InputError, match=held), outputs.atomic_file(tmp_path / "metrics.json") as f:
+        f.write(b"new")
+    assert os.listdir(tmp_path) == ["metrics.json"]
+    assert (tmp_path / "metrics.json").read_text() == "old"
+
+
+class DeviceDtypes(TorchFunctionMode):
+    """Records the dtype of every tensor that the programs' own code (not torch's) creates on,
+    or moves to, a device named in the call."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        caller = Path(sys._getframe(1).f_code.co_filename)
+        ours = caller.name in ("minitorch_loop.py", "minitorch_run.py") or (
+            caller.parent.name == "minitorch_tool")
+        if ours and isinstance(out, torch.Tensor) and (func is torch.Tensor.to or
+                                                       "device" in kwargs):
+            self.dtypes.add(out.dtype)
+        return out
+
+
+def test_no_float64_tensor_goes_to_the_runs_device(tmp_path):
+    """MPS has no float64: the run keeps its float64 bookkeeping (statistics, predictions in
+    target units) on the CPU, and what it moves to or makes on its device is float32."""
+    with DeviceDtypes() as seen:
+        run_main(tmp_path, 3, True, "--epochs", "1")
+    assert seen.dtypes == {torch.float32}

@@ -77,7 +77,7 @@ def checked_checkpoint(checkpoint, path, keys=MODEL_KEYS) -> dict:
         check_model_state(checkpoint, path)
         if "settings" in keys:
             check_run_state(checkpoint, path)
-    except (AssertionError, ArithmeticError, AttributeError, LookupError, RuntimeError,
+    except (ArithmeticError, AttributeError, LookupError, RuntimeError,
             TypeError, ValueError, argparse.ArgumentTypeError) as e:
         detail = " ".join(str(e).split()) or "a bad value"  # on one line
         raise InputError(f"{path}: a damaged or foreign checkpoint ({detail}); start afresh "
@@ -85,30 +85,37 @@ def checked_checkpoint(checkpoint, path, keys=MODEL_KEYS) -> dict:
     return checkpoint
 
 
+def require(ok, what):
+    """A check of a value read from a checkpoint: an input check, so never an assert (which
+    python -O strips)."""
+    if not ok:
+        raise ValueError(what)
+
+
 def check_model_state(checkpoint, path):
     """Statistics of one size, finite, std > 0; the target's scale; finite weights of the
     network that MLP builds for that size, or one line that says how the two networks differ."""
     mean, std = checkpoint["mean"], checkpoint["std"]
-    assert all(isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() == 1
-               for t in (mean, std)) and 0 < len(mean) == len(std), "mean and std"
-    assert torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all(), "std"
+    require(all(isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() == 1
+               for t in (mean, std)) and 0 < len(mean) == len(std), "mean and std")
+    require(torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all(), "std")
     low, span = checkpoint["target_low"], checkpoint["target_span"]
-    assert type(low) is type(span) is float and math.isfinite(low) and 0 < span < math.inf, \
-        "target_low, target_span"
-    assert isinstance(checkpoint["target_name"], str), "target_name"
+    require(type(low) is type(span) is float and math.isfinite(low) and 0 < span < math.inf,
+            "target_low, target_span")
+    require(isinstance(checkpoint["target_name"], str), "target_name")
     names = checkpoint["feature_names"]
-    assert isinstance(names, list) and len(names) >= len(mean) and all(
-        isinstance(name, str) for name in names), "feature_names"
+    require(isinstance(names, list) and len(names) >= len(mean) and all(
+        isinstance(name, str) for name in names), "feature_names")
     weights, built = checkpoint["model"], ml.MLP(len(mean)).state_dict()
-    assert isinstance(weights, dict) and all(isinstance(w, torch.Tensor)
-                                             for w in weights.values()), "weights"
+    require(isinstance(weights, dict) and all(isinstance(w, torch.Tensor)
+                                             for w in weights.values()), "weights")
     if {k: w.shape for k, w in weights.items()} != {k: w.shape for k, w in built.items()}:
         saved, now = layer_sizes(weights), layer_sizes(built)
         differ = f"layers {saved}; MLP now builds {now}" if saved != now else (
             f"parameters {', '.join(weights)}; MLP's are now {', '.join(built)}")
         raise InputError(f"{path}: its network has {differ}: retrain (a new --out), or load it "
                          "with the code that trained it")
-    assert all(torch.isfinite(w).all() for w in weights.values()), "weights"
+    require(all(torch.isfinite(w).all() for w in weights.values()), "weights")
 
 
 def layer_sizes(state_dict) -> str:
@@ -120,44 +127,52 @@ def layer_sizes(state_dict) -> str:
 def check_run_state(run, path):
     """last.pt's own values: the settings, the epochs and their history, the best model so
     far, the optimizer's class, settings and state, and the random generator's state."""
-    assert isinstance(run["settings"], dict) and run["settings"].keys() == SETTINGS.keys(), \
-        f"settings {run['settings']!r}"
+    require(isinstance(run["settings"], dict) and run["settings"].keys() == SETTINGS.keys(),
+            "settings")
     for name, value in run["settings"].items():
         parse = SETTINGS[name]
-        assert type(value) is parse.kind, f"{name} {value!r}"
+        require(type(value) is parse.kind, f"setting {name}")
         parse(repr(value))
     epoch, history, best_epoch = run["epoch"], run["history"], run["best_epoch"]
-    assert type(epoch) is int and type(best_epoch) is int and 1 <= best_epoch <= epoch, "epoch"
-    assert isinstance(history, list) and len(history) == epoch, "history"
-    assert [h["epoch"] for h in history] == list(range(1, epoch + 1)), "history"
-    assert all(type(h[k]) is float and 0 <= h[k] < math.inf for h in history
-               for k in ("train_loss", "valid_loss")), "losses"
-    assert run["best_loss"] == history[best_epoch - 1]["valid_loss"], "best_loss"
+    require(type(epoch) is int and type(best_epoch) is int and 1 <= best_epoch <= epoch, "epoch")
+    require(isinstance(history, list) and len(history) == epoch, "history")
+    require([h["epoch"] for h in history] == list(range(1, epoch + 1)), "history")
+    require(all(type(h[k]) is float and 0 <= h[k] < math.inf for h in history
+               for k in ("train_loss", "valid_loss")), "losses")
+    require(run["best_loss"] == history[best_epoch - 1]["valid_loss"], "best_loss")
     check_model_state(run["best"], path)
-    assert all(equal(run["best"][name], run[name]) for name in Scaling._fields), "best"
-    assert isinstance(run["data"], str), "data"
+    require(all(equal(run["best"][name], run[name]) for name in Scaling._fields), "best")
+    require(isinstance(run["data"], str), "data")
     model = ml.MLP(len(run["mean"]))
     check_same_optimizer(run, ml.make_optimizer(model, run["settings"]["lr"]), model, path)
     torch.Generator().set_state(run["rng"])  # raises if it is no state of the generator
 
 
+# Param-group keys that say how a release computes a step, not which step: torch releases add
+# and drop them (fused, capturable, ...). They are not compared, so a checkpoint written by
+# another release resumes; optimizer.load_state_dict fills in those it lacks.
+HOW_NOT_WHAT = {"params", "foreach", "fused", "differentiable", "capturable"}
+
+
 def check_same_optimizer(run, optimizer, model, path):
-    """The optimizer that make_optimizer builds now, with the stopped run's class and settings
-    (the lr aside: --lr may change it), and a state that fits the model's parameters."""
+    """The optimizer that make_optimizer builds now, with the stopped run's class and the
+    settings that change its update (momentum, weight decay, betas, ...; the lr aside: --lr may
+    change it), and a state that fits the model's parameters."""
     saved, built = run["optimizer"]["param_groups"][0], optimizer.state_dict()["param_groups"][0]
-    if run["optimizer_class"] != type(optimizer).__name__ or saved.keys() != built.keys():
+    if run["optimizer_class"] != type(optimizer).__name__:
         raise InputError(f"{path}: the stopped run's optimizer is {run['optimizer_class']}; "
                          f"make_optimizer now builds {type(optimizer).__name__}: resume with the "
                          "code it ran with, or start a new --out")
-    changed = [k for k in built if k not in ("params", "lr") and saved[k] != built[k]]
+    changed = [k for k in built if k in saved and k not in HOW_NOT_WHAT | {"lr"}
+               and saved[k] != built[k]]
     if changed:
         settings = ", ".join(f"{k}={saved[k]} (now {built[k]})" for k in changed)
         raise InputError(f"{path}: the stopped run's {run['optimizer_class']} had {settings}: "
                          "resume with the code it ran with, or start a new --out")
     optimizer.load_state_dict(run["optimizer"])
     for param in model.parameters():
-        assert all(t.shape == param.shape for t in optimizer.state[param].values()
-                   if isinstance(t, torch.Tensor) and t.dim() > 0), "optimizer state"
+        require(all(t.shape == param.shape for t in optimizer.state[param].values()
+                   if isinstance(t, torch.Tensor) and t.dim() > 0), "optimizer state")
 
 
 # --- Resume: last.pt holds the whole run, so a stopped run continues bit for bit ---

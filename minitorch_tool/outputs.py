@@ -51,6 +51,9 @@ def atomic_file(path):
             with contextlib.suppress(OSError):
                 os.remove(tmp)
         cause = e if isinstance(e, OSError) else e.__context__  # torch.save: a RuntimeError
+        if isinstance(cause, PermissionError):  # Windows: another program has it open
+            raise InputError(f"{path}: cannot replace it ({cause.strerror}; is it open in "
+                             "another program?)") from None
         if isinstance(cause, OSError):
             raise InputError(f"{path}: cannot write it ({cause.strerror or cause})") from None
         raise

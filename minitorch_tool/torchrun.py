@@ -23,6 +23,8 @@ def join_torchrun(device) -> torch.device:
         raise InputError(f"torchrun starts {per_node} processes on this machine, which has "
                          f"{n_gpus} GPU(s), one per process: --nproc_per_node={n_gpus}, or "
                          "--device cpu")
+    if device.type == "mps":  # torch.distributed's backends take CPU or CUDA tensors
+        raise InputError("torchrun: Apple's MPS has no process-group backend; add --device cpu")
     if device.type == "cuda":
         device = pick_device(f"cuda:{os.environ['LOCAL_RANK']}")
         torch.cuda.set_device(device)
