@@ -1,6 +1,15 @@
-"""What both test files share: a scratch directory for the CSVs of property tests."""
+"""What every test file shares: hypothesis's profiles, and a scratch directory for the CSVs
+of property tests."""
+
+import os
 
 import pytest
+from hypothesis import settings
+
+# CI runs a fixed, derandomized set of examples, so it never flakes; `dev` explores more.
+settings.register_profile("ci", deadline=None, max_examples=20, derandomize=True)
+settings.register_profile("dev", deadline=None, max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,21 @@ checked checkpoints and resume (checkpoints), one run at a time per --out and th
 writes (outputs, pictures), torchrun, and a loader that fetches whole batches (speed).
 """
 
-import math
 import os
-import shlex
+import signal
 import sys
+
+if __name__ == "__main__":  # a stop while torch loads, before main() is up: one line, exit
+    def stopped_while_starting(signum, frame):
+        print("interrupted while starting: nothing was written", file=sys.stderr)
+        os._exit(128 + signum)
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stopped_while_starting)
+
+import math
+import shlex
 import time
 
 import torch
@@ -23,7 +34,7 @@ from minitorch_tool import checkpoints, torchrun
 from minitorch_tool.csvs import TableDataset
 from minitorch_tool.errors import InputError, one_line_errors
 from minitorch_tool.flags import parse_args, pick_device
-from minitorch_tool.outputs import draw_pictures, progress_bar, report
+from minitorch_tool.outputs import Out, draw_pictures, progress_bar, report
 from minitorch_tool.scaling import check_float32_range
 from minitorch_tool.speed import make_loader
 
@@ -31,10 +42,11 @@ from minitorch_tool.speed import make_loader
 def main(argv=()):
     """The run: the lesson's set-up (notes 六.1) on checked files, epochs, the test. main() in
     a notebook runs with the defaults; the command line passes its own flags."""
-    argv, started = list(argv), time.time()
-    with one_line_errors(lambda: interrupted(argv, started)) as cleanup:
+    argv, out = list(argv), None
+    with one_line_errors(lambda: interrupted(argv, out)) as cleanup:
         args = parse_args(argv)
-        stopped = checkpoints.load_stopped_run(args)  # with --resume: the stopped run's state
+        out = Out(args.out)  # what this run writes there, it knows in memory
+        stopped = checkpoints.load_stopped_run(args)  # with --resume: the stopped run, checked
         torch.manual_seed(args.seed)  # the initial weights, the batch order (or: resumed)
         device = torchrun.join_torchrun(pick_device(args.device))  # torchrun: GPU LOCAL_RANK
         data = TableDataset(args.train, valid_ratio=args.valid_ratio, seed=args.seed)
@@ -47,17 +59,18 @@ def main(argv=()):
         model = ml.MLP(data.x.shape[1]).to(device)
         criterion = ml.make_criterion()
         optimizer = ml.make_optimizer(model, args.lr)
-        run = checkpoints.new_or_resumed_run(stopped, model, optimizer, data, device, args,
+        run = checkpoints.new_or_resumed_run(stopped, model, optimizer, data, device, args, out,
                                              cleanup)
-        fit(model, loaders, criterion, optimizer, device, data.stats, args, run)
+        fit(model, loaders, criterion, optimizer, device, data.stats, args, run, out)
         if torchrun.writes_files():  # rank 0: the best model, loaded back from disk
-            model, _ = checkpoints.load_model(f"{args.out}/model.pt", device)
+            model, _ = checkpoints.load_model(os.path.join(out.path, "model.safetensors"),
+                                              device)
             preds = ml.test(model, make_loader(test_set, args.batch_size, shuffle=False), device)
-            report(args.out, preds, test_set, data.y[data.train_rows], run)
-            draw_pictures(args.out, run, model, valid_set, test_set, preds, device)
+            report(out, preds, test_set, data.y[data.train_rows], run)
+            draw_pictures(out, run, model, valid_set, test_set, preds, device)
 
 
-def fit(model, loaders, criterion, optimizer, device, stats, args, run):
+def fit(model, loaders, criterion, optimizer, device, stats, args, run, out):
     """Train and validate until args.epochs, or args.patience epochs without a better model."""
     train_loader, valid_loader = loaders
     ddp_model = torchrun.ddp_wrapped(model)  # under torchrun, steps in step with other ranks
@@ -68,14 +81,10 @@ def fit(model, loaders, criterion, optimizer, device, stats, args, run):
                               device)
         valid_loss = ml.evaluate(model, valid_loader, criterion, device)  # what ddp wraps
         losses = torchrun.mean_over_ranks([train_loss, valid_loss], device)
-        train_loss, valid_loss = stats.mse_in_target_units(losses)  # an MSE of y' -> of y
-        check_finite(epoch, train_loss, valid_loss, args)  # diverged? stop, save nothing
-        improved = valid_loss < run["best_loss"]  # validation picks the model, never the test
-        if improved:
-            run.update(best_loss=valid_loss, best_epoch=epoch)
-            checkpoints.save_model(model, stats, f"{args.out}/model.pt")
-        checkpoints.save_last_pt(run, epoch, model, optimizer, train_loss, valid_loss, args.out)
-        print(f"epoch {epoch:3d} | train {train_loss:.5g} | valid {valid_loss:.5g} | "
+        losses = stats.mse_in_target_units(losses)  # an MSE of y' -> of y
+        check_finite(epoch, *losses, args)  # diverged? stop, save nothing
+        improved = checkpoints.end_epoch(run, epoch, model, optimizer, stats, losses, out)
+        print(f"epoch {epoch:3d} | train {losses[0]:.5g} | valid {losses[1]:.5g} | "
               f"{time.perf_counter() - start:.2f}s{' *' if improved else ''}")
         if epoch - run["best_epoch"] >= args.patience:
             print(f"no better valid loss for {args.patience} epochs: stopping early")
@@ -84,23 +93,29 @@ def fit(model, loaders, criterion, optimizer, device, stats, args, run):
 
 def check_finite(epoch, train_loss, valid_loss, args):
     """A loss of inf or NaN: the run diverged. It stops before it saves anything, so --out
-    keeps the last finite epoch (or the files of before)."""
+    keeps the last finite epoch (or the files of before). The validation rows cannot cause it:
+    a row whose squared error float32 cannot hold is refused before training."""
     if not (math.isfinite(train_loss) and math.isfinite(valid_loss)):
         raise InputError(f"epoch {epoch}: the loss is {train_loss:g} (train), {valid_loss:g} "
                          f"(valid): the run diverged; lower --lr (now {args.lr:g}), or look for "
                          f"a feature whose values are far larger than the others'")
 
 
-def interrupted(argv, started) -> str:
-    """What Ctrl-C leaves: the last finished epoch in last.pt, if this run saved one."""
-    args = parse_args(argv)
-    last = f"{args.out}/last.pt"
-    if not os.path.exists(last) or os.path.getmtime(last) < started:
-        return f"interrupted before an epoch ended: {args.out} is as it was"
+def interrupted(argv, out) -> str:
+    """What a stopped run leaves, from what it knows it wrote: nothing, or files that are each
+    whole, and, once a last.safetensors of this run is among them, how to go on."""
+    if out is None or not out.written:
+        where = "--out" if out is None else out.path
+        return f"interrupted before an epoch ended: {where} is as it was"
+    wrote = ", ".join(f"{name} ({holds})" if holds else name for name, holds in out.written.items())
+    line = f"interrupted: this run wrote {wrote} in {out.path}"
+    if "last.safetensors" not in out.written:
+        return line
+    last = os.path.join(out.path, "last.safetensors")
     flags = [a for a, prev in zip(argv, [None, *argv], strict=False)
              if "--resume" not in (prev, a.split("=")[0])]  # drop an old --resume X
     command = shlex.join(["python", "minitorch_run.py", *flags, "--resume", last])
-    return f"interrupted: {last} holds the last finished epoch; go on with: {command}"
+    return f"{line}; go on with: {command}"
 
 
 if __name__ == "__main__":

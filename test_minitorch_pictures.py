@@ -8,7 +8,7 @@ import io
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.image import imread
 
@@ -65,6 +65,7 @@ def test_a_log_scale_only_when_the_losses_span_over_a_decade(train, valid, scale
     assert pictures.loss_figure(history_of(train, valid), 1).axes[0].get_yscale() == scale
 
 
+@settings(max_examples=8)  # each example draws a figure
 @given(n=st.integers(1, 300), with_test=st.booleans(), data=st.data())
 def test_one_dot_per_row_at_true_predicted(n, with_test, data):
     """The first scatter holds the validation rows at (true, predicted), in order; a second

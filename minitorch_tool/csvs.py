@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from minitorch_tool.errors import InputError
+from minitorch_tool.errors import InputError, quoted, shown
 from minitorch_tool.scaling import FLOAT32_MAX, Scaling
 
 
@@ -40,8 +40,9 @@ def read_table(path, stats=None, valid_ratio=0.0) -> Table:
                          f"{n_features} features, with the target after them or without")
     if names and header[:n_features] != names:  # a shifted column would train on nonsense
         j = next(j for j, (a, b) in enumerate(zip(header, names, strict=False)) if a != b)
-        raise InputError(f"{path}: column {j + 1 + (ids is not None)} is {header[j]!r}; the "
-                         f"training file's is {names[j]!r}: it needs the same feature columns")
+        raise InputError(f"{path}: column {j + 1 + (ids is not None)} is {quoted(header[j])}; "
+                         f"the training file's is {quoted(names[j])}: it needs the same feature "
+                         "columns")
     n_valid = round(valid_ratio * n_rows)  # as CsvDataset splits
     if stats is None and (n_rows - n_valid < 2 or (valid_ratio > 0 and n_valid == 0)):
         raise InputError(f"{path}: {n_rows} rows are too few to hold out {valid_ratio:g} "
@@ -57,8 +58,13 @@ def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
     be read twice). Every number must fit float32, the model's dtype."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as file:  # utf-8-sig: drop a BOM
-            f = file if file.seekable() else io.StringIO(file.read())
-            header = next(csv.reader(f), None)
+            first_line = file.readline(LONGEST_HEADER)  # before all of it: /dev/zero never ends
+            check_first_line(path, first_line)
+            f = file
+            if not file.seekable():  # a pipe: read once, into memory; newline="": \r ends a
+                f = io.StringIO(first_line + file.read(), newline="")  # line, as from a disk
+                f.seek(len(first_line))
+            header = next(csv.reader([first_line]), None) if first_line else None
             check_header(path, header)
             first = int(has_ids(header))  # 1: column 0 holds ids, which need not be numbers
             table = numbers_after_the_header(f, first)
@@ -72,11 +78,33 @@ def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
             ids = first_cells(f) if first else None
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file (binary data?)") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: {not_utf8(e.object)}") from None
     except csv.Error as e:  # NUL bytes, a cell of over 131072 characters
         raise InputError(f"{path}: not a table of numbers ({e})") from None
     return header[first:], table[:, first:], ids
+
+
+LONGEST_HEADER = 1 << 20  # characters: a first line longer than this names no columns
+
+
+def check_first_line(path, line):
+    """Refuse what cannot be a CSV from its first line, before reading the rest."""
+    if "\x00" in line:
+        raise InputError(f"{path}: not a text file (it holds NUL bytes: binary data, or UTF-16 "
+                         "text without a byte order mark?)")
+    if len(line) == LONGEST_HEADER and not line.endswith(("\n", "\r")):
+        raise InputError(f"{path}: line 1 is over {LONGEST_HEADER} characters long: not a row "
+                         "of column names")
+
+
+def not_utf8(raw) -> str:
+    """Why bytes that start with `raw` do not read as UTF-8, for a message."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # the byte order marks of UTF-16
+        return "UTF-16 text; save it as UTF-8 (a spreadsheet's \"CSV UTF-8\")"
+    if b"\x00" in raw:
+        return "not a text file (binary data?)"
+    return "not UTF-8 text (Latin-1, or another encoding?); save it as UTF-8"
 
 
 def numbers_after_the_header(f, first) -> np.ndarray | None:
@@ -135,7 +163,7 @@ def first_bad_cell(f, header, first=0, row=None, column=None) -> str:
         if bad or i == row:
             j = bad[0] if bad else first + column
             problem = "is not a finite number" if bad else "is too large for float32"
-            return f"{where}, column {j + 1} ({header[j]}): {cells[j]!r} {problem}"
+            return f"{where}, column {j + 1} ({shown(header[j])}): {quoted(cells[j])} {problem}"
     return "not a table of numbers"  # what numpy refuses and float() takes, as 1_000
 
 

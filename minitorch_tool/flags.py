@@ -67,8 +67,8 @@ def parse_args(argv):
                    help="auto, cpu, cuda, cuda:N or mps; auto takes a GPU when there is one")
     p.add_argument("--out", default="runs",
                    help="directory for the checkpoints, predictions, metrics and pictures")
-    p.add_argument("--resume", metavar="LAST_PT",
-                   help="continue the run saved in this last.pt, with its settings")
+    p.add_argument("--resume", metavar="LAST",
+                   help="continue the run saved in this last.safetensors, with its settings")
     args = p.parse_args(argv)
     p.set_defaults(**dict.fromkeys(vars(args)))  # parsed again without defaults: what was typed
     args.typed = {name for name, value in vars(p.parse_args(argv)).items() if value is not None}

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import secrets
 import sys
 import tempfile
 
@@ -16,10 +17,28 @@ from tqdm import tqdm
 import minitorch_loop as ml
 from minitorch_tool.errors import InputError
 from minitorch_tool.speed import make_loader
-from minitorch_tool.torchrun import writes_files
+from minitorch_tool.torchrun import all_ranks_agree, writes_files
 
-OUTPUTS = ("model.pt", "last.pt", "predictions.csv", "metrics.json", "loss.png", "predictions.png")
+OUTPUTS = ("model.safetensors", "last.safetensors", "predictions.csv", "metrics.json",
+           "loss.png", "predictions.png")
 LOCK = "run.lock"  # in --out while a run writes there
+
+
+class Out:
+    """--out, and what this run has written there, each file with what it holds: known in
+    memory, so an interrupted run says exactly what it changed, never guessed from a file's
+    time stamp."""
+
+    def __init__(self, path):
+        self.path, self.written = path, {}  # file name -> what it holds
+
+    @contextlib.contextmanager
+    def file(self, name, holds=""):
+        """A file of --out to write through atomic_file."""
+        with atomic_file(os.path.join(self.path, name)) as f:
+            yield f
+        if writes_files():
+            self.written[name] = holds
 
 
 @contextlib.contextmanager
@@ -27,60 +46,69 @@ def atomic_file(path):
     """A file to write `path` through: a new temporary file beside it, renamed over it once
     whole. A crash or kill -9 at any moment leaves the old file or the new one, never half of
     one (os.replace is atomic, and fsync first means a power cut cannot reorder the two). An
-    error (a full disk) or Ctrl-C removes the temporary file. tempfile creates it with a name
-    no other run uses, and never through a link planted there. Under torchrun only rank 0
-    writes: on the other ranks the file is os.devnull."""
+    error (a full disk), Ctrl-C or a kill removes the temporary file. It gets a random name,
+    is created only if no file or link has that name (O_EXCL: never written through a link
+    planted there), and with mode 0o666 less the umask, as open() would give: no chmod later,
+    by a path someone else could swap. Under torchrun only rank 0 writes: on the other ranks
+    the file is os.devnull."""
     if not writes_files():
         with open(os.devnull, "wb") as f:
             yield f
         return
     folder, name = os.path.split(os.fspath(path))
-    tmp = None
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)  # Windows: bytes
+    created = False
     try:
-        with tempfile.NamedTemporaryFile(dir=folder or ".", prefix=f".{name}.", delete=False) as f:
-            tmp = f.name
+        with os.fdopen(os.open(tmp, flags, 0o666), "wb") as f:
+            created = True
             yield f
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)  # read it (os.umask sets a new one and returns the old one) ...
-        os.umask(umask)  # ... and put it back
-        os.chmod(tmp, 0o666 & ~umask)  # tempfile's 0600 -> what open() would have given
         os.replace(tmp, path)
     except BaseException as e:
-        if tmp is not None:
+        if created:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
-        cause = e if isinstance(e, OSError) else e.__context__  # torch.save: a RuntimeError
-        if isinstance(cause, PermissionError):  # Windows: another program has it open
-            raise InputError(f"{path}: cannot replace it ({cause.strerror}; is it open in "
-                             "another program?)") from None
-        if isinstance(cause, OSError):
-            raise InputError(f"{path}: cannot write it ({cause.strerror or cause})") from None
+        if isinstance(e, PermissionError) and created:  # Windows: another program has it open
+            raise InputError(f"{path}: cannot replace it ({e.strerror}; is it open in another "
+                             "program?)") from None
+        if isinstance(e, OSError):
+            raise InputError(f"{path}: cannot write it ({e.strerror or e})") from None
         raise
 
 
-def make_out_dir(out, cleanup):
+def make_out_dir(out, cleanup, device):
     """--out, made if need be, writable, with no directory where an output goes, and locked
     for this run until it ends: a second run there is refused, not interleaved with it. The
-    lock is filelock's, which works on every platform; its file, run.lock, stays in --out."""
-    if not writes_files():
-        return
+    lock is filelock's, which works on every platform; its file, run.lock, stays in --out.
+    Under torchrun rank 0 checks, and every rank learns the outcome: all go on, or all stop."""
+    error = None
+    if writes_files():
+        try:
+            lock_out_dir(out.path, cleanup)
+        except InputError as e:
+            error = e
+    if not all_ranks_agree(error is None, device):
+        raise error or InputError("rank 0 could not prepare --out")  # only rank 0 prints
+
+
+def lock_out_dir(path, cleanup):
     try:
-        os.makedirs(out, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()  # can we write there?
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()  # can we write there?
     except OSError as e:
-        raise InputError(f"--out {out}: cannot write there ({e.strerror})") from None
+        raise InputError(f"--out {path}: cannot write there ({e.strerror})") from None
     for name in OUTPUTS:
-        if os.path.isdir(f"{out}/{name}"):
-            raise InputError(f"--out {out}: {name} is a directory; the run writes a file there")
-    lock = filelock.FileLock(os.path.join(out, LOCK), timeout=0)
+        if os.path.isdir(os.path.join(path, name)):
+            raise InputError(f"--out {path}: {name} is a directory; the run writes a file there")
     try:
-        cleanup.enter_context(lock)
+        cleanup.enter_context(filelock.FileLock(os.path.join(path, LOCK), timeout=0))
     except filelock.Timeout:
-        raise InputError(f"--out {out}: another run is writing there; wait for it to end, "
+        raise InputError(f"--out {path}: another run is writing there; wait for it to end, "
                          "or choose another --out") from None
     except OSError as e:
-        raise InputError(f"--out {out}: cannot lock it ({e.strerror})") from None
+        raise InputError(f"--out {path}: cannot lock it ({e.strerror})") from None
 
 
 def report(out, preds, test_set, train_targets, run):
@@ -96,19 +124,20 @@ def report(out, preds, test_set, train_targets, run):
     csv.writer(table, lineterminator="\n").writerows([("id", stats.target_name), *zip(
         test_set.ids, map(repr, stats.in_target_units(preds.squeeze(1)).tolist()), strict=True)])
     metrics = {"history": run["history"], "best_epoch": run["best_epoch"], "test_mse": test_mse}
-    with atomic_file(f"{out}/predictions.csv") as f:
+    with out.file("predictions.csv") as f:
         f.write(table.getvalue().encode())
-    with atomic_file(f"{out}/metrics.json") as f:
+    with out.file("metrics.json") as f:
         f.write(json.dumps(metrics, allow_nan=False).encode())
     if test_mse is None:
-        print(f"{len(preds)} predictions in {out}/predictions.csv (the test CSV has no target)")
+        print(f"{len(preds)} predictions in {os.path.join(out.path, 'predictions.csv')} (the "
+              "test CSV has no target)")
     else:
         baseline = nn.functional.mse_loss(train_targets.mean().expand_as(targets), targets).item()
         print(f"test MSE {test_mse:.5g} with the best epoch ({run['best_epoch']}); always "
               f"predicting the mean training target scores {baseline * stats.target_span**2:.5g}")
 
 
-# --- Seeing the run: two pictures (minitorch_pictures.py), and a progress bar ---
+# --- Seeing the run: two pictures (pictures.py), and a progress bar ---
 def draw_pictures(out, run, model, valid_set, test_set, test_preds, device) -> dict:
     """loss.png, the learning curve of the whole run, and predictions.png, the best model's
     predictions against the truth on the validation rows (and the test rows, when the test
@@ -123,7 +152,7 @@ def draw_pictures(out, run, model, valid_set, test_set, test_preds, device) -> d
     figures = {"loss.png": pictures.loss_figure(run["history"], run["best_epoch"]),
                "predictions.png": pictures.predictions_figure(*points)}
     for name, fig in figures.items():
-        with atomic_file(f"{out}/{name}") as f:
+        with out.file(name) as f:
             fig.savefig(f, format="png")
     return figures
 

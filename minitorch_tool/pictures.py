@@ -13,6 +13,8 @@ The figures are matplotlib Figures made without pyplot: no window opens, nothing
 global list, nothing needs closing. Save one with fig.savefig(file, format="png").
 """
 
+import logging
+
 import numpy as np
 
 
@@ -54,8 +56,16 @@ def predictions_figure(valid_true, valid_pred, test_true=None, test_pred=None):
 
 def new_axes(figsize):
     """A Figure with one Axes. matplotlib takes about half a second to import, so it is
-    imported here, at the first picture, not by every program that imports this module."""
-    from matplotlib.figure import Figure
+    imported here, at the first picture, not by every program that imports this module. While
+    it imports, its log says only errors: where MPLCONFIGDIR cannot be written it uses a
+    temporary directory, which is fine for a run, and would say so in two warnings."""
+    log = logging.getLogger("matplotlib")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from matplotlib.figure import Figure
+    finally:
+        log.setLevel(level)
 
     fig = Figure(figsize=figsize, dpi=100, layout="constrained")  # labels never cut off
     return fig, fig.add_subplot()

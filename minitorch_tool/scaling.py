@@ -1,11 +1,13 @@
 """Scaling: the model sees standardised features and a target inside the Sigmoid's range."""
 
+import math
+import sys
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from minitorch_tool.errors import InputError
+from minitorch_tool.errors import InputError, shown
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model computes in float32
 
@@ -42,6 +44,9 @@ class Scaling(NamedTuple):
 
 
 TARGET_MARGIN = 0.05  # the training targets' [min, max] maps to [0.05, 0.95]
+# The losses are float32 numbers of y', shown times target_span² in float64: with a span below
+# this, a loss as small as float32 holds would round to 0 there, and an error would vanish.
+SMALLEST_SPAN = math.sqrt(sys.float_info.min / float(np.finfo(np.float32).smallest_subnormal))
 
 
 def target_range(table, rows) -> tuple[float, float]:
@@ -49,26 +54,40 @@ def target_range(table, rows) -> tuple[float, float]:
     1 only for large inputs, where its slope (so the gradient) vanishes: the ends of the
     training range map to 0.05 and 0.95, where the slope is still a fifth of its peak, and a
     test row a little beyond them stays reachable. Every target, [0, 1] ones included, takes
-    this one path. A target with no spread (or one whose square underflows) is refused."""
+    this one path. A target with no spread, or one too small to show its errors, is refused."""
     target = table.target[rows]
     low, high = float(target.min()), float(target.max())
-    if not (high - low) ** 2 > 0:  # the losses, MSEs of y' times target_span², would be 0
-        spread = (f"is {low:g} in every training row" if low == high else
-                  f"spans only {high - low:g} over the training rows")
-        raise InputError(f"{table.path}: target {table.target_name} {spread}: there is "
-                         "nothing to learn")
+    name = shown(table.target_name)
+    if low == high:
+        raise InputError(f"{table.path}: target {name} is {low:g} in every training row: "
+                         "there is nothing to learn")
     span = (high - low) / (1 - 2 * TARGET_MARGIN)
+    if not span >= SMALLEST_SPAN:
+        raise InputError(f"{table.path}: target {name} spans only {high - low:g} over the "
+                         "training rows: errors that small cannot be told from 0 in its units "
+                         "(float64); rescale it, say times 1e150")
     return low - TARGET_MARGIN * span, span
 
 
 def check_float32_range(*datasets_and_paths):
     """A validation or test row far outside the training rows' range can overflow float32
-    once scaled with their statistics (a cell of 1e36 where their std is 0.001): one line,
-    before training."""
+    once scaled with their statistics (a cell of 1e36 where their std is 0.001); a validation
+    target far outside them, the validation loss (a target of 1e21 where theirs lie in [0, 1]:
+    its squared error is beyond float32). Either is one line that names the row, before
+    training; the loss's inf would otherwise read as a run that diverged."""
     for dataset, path in datasets_and_paths:
         for name, values in (("feature", dataset.x), ("target", dataset.y)):
             if values is not None and not torch.isfinite(values).all():
                 row, column = (int(i) + 1 for i in (~torch.isfinite(values)).nonzero()[0])
                 raise InputError(f"{path}: data row {row}, {name} {column}: too far from the "
                                  "training rows' values; scaled, it overflows float32")
+        rows = getattr(dataset, "valid_rows", [])
+        if dataset.y is not None and len(rows):  # predictions lie in (0, 1): a bound per row
+            worst = (dataset.y[rows, 0].double().abs() + 1) ** 2
+            if worst.sum() > FLOAT32_MAX:
+                row = int(rows[worst.argmax()]) + 1
+                target = dataset.stats.in_target_units(dataset.y[row - 1]).item()
+                raise InputError(f"{path}: data row {row}, a validation row, has target "
+                                 f"{target:g}, so far from the training rows' targets that its "
+                                 "squared error overflows float32, the model's dtype")
 

@@ -22,8 +22,12 @@ def make_loader(dataset, batch_size, shuffle, sampler=None) -> DataLoader:
 
 
 class TensorBatchSampler(BatchSampler):
-    """A BatchSampler that hands out each batch of row indices as one tensor, not a list."""
+    """A BatchSampler that hands out each batch of row indices as one tensor, not a list;
+    drop_last drops a short last batch, as the len() it inherits counts."""
 
     def __iter__(self):  # one conversion per epoch, then slices: no Python list per batch
         order = np.fromiter(self.sampler, np.int64, len(self.sampler))
-        return iter(torch.from_numpy(order).split(self.batch_size))
+        batches = torch.from_numpy(order).split(self.batch_size)
+        if self.drop_last and len(order) % self.batch_size:
+            batches = batches[:-1]
+        return iter(batches)

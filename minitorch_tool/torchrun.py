@@ -8,7 +8,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from minitorch_tool.errors import InputError
+from minitorch_tool.errors import InputError, first_line, quoted
 from minitorch_tool.flags import pick_device
 
 
@@ -18,7 +18,8 @@ def join_torchrun(device) -> torch.device:
     prints. A plain run is left as it is."""
     if "LOCAL_RANK" not in os.environ:
         return device
-    n_gpus, per_node = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local_rank, per_node = whole_number("LOCAL_RANK"), whole_number("LOCAL_WORLD_SIZE", "1")
+    n_gpus = torch.cuda.device_count()
     if device.type == "cuda" and per_node > n_gpus:  # every rank sees it: rank 0 says it
         raise InputError(f"torchrun starts {per_node} processes on this machine, which has "
                          f"{n_gpus} GPU(s), one per process: --nproc_per_node={n_gpus}, or "
@@ -26,15 +27,35 @@ def join_torchrun(device) -> torch.device:
     if device.type == "mps":  # torch.distributed's backends take CPU or CUDA tensors
         raise InputError("torchrun: Apple's MPS has no process-group backend; add --device cpu")
     if device.type == "cuda":
-        device = pick_device(f"cuda:{os.environ['LOCAL_RANK']}")
+        device = pick_device(f"cuda:{local_rank}")
         torch.cuda.set_device(device)
     try:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    except ValueError as e:  # LOCAL_RANK set by hand, without the rest torchrun sets
-        raise InputError(f"LOCAL_RANK is set but this is no torchrun job ({e})") from None
+    except (ValueError, dist.DistError) as e:  # set by hand, a busy MASTER_PORT, ...
+        raise InputError(f"LOCAL_RANK is set, but no torchrun process group could be joined "
+                         f"({first_line(e)})") from None
     if not writes_files():
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     return device
+
+
+def whole_number(name, default=None) -> int:
+    """An environment variable that torchrun sets, as a number."""
+    value = os.environ.get(name, default)
+    if value is None or not value.isdigit():
+        raise InputError(f"{name}={quoted(value or '')}: torchrun sets it to a whole number; "
+                         "run under torchrun, or unset LOCAL_RANK")
+    return int(value)
+
+
+def all_ranks_agree(ok, device) -> bool:
+    """Under torchrun, whether every rank is ok (a check only rank 0 makes, of --out, decides
+    for all: a rank that stopped alone would leave the others waiting). A plain run: ok."""
+    if not dist.is_initialized():
+        return ok
+    failed = torch.tensor(0.0 if ok else 1.0, device=device)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    return failed.item() == 0
 
 
 def writes_files() -> bool:
