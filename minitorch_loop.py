@@ -40,7 +40,8 @@ class CsvDataset(Dataset):
         if split is not None:
             order = torch.randperm(len(table), generator=torch.Generator().manual_seed(seed))
             n_valid = round(valid_ratio * len(table))
-            table = table[{"train": order[n_valid:], "valid": order[:n_valid]}[split]]
+            rows = {"train": order[n_valid:], "valid": order[:n_valid]}[split]  # else KeyError
+            table = table[rows]
         features = table[:, :-1] if labelled else table  # (N, F) float64: all but the target
         self.stats = (features.mean(0), features.std(0)) if stats is None else stats
         mean, std = self.stats
@@ -78,7 +79,7 @@ class MLP(nn.Module):
         # sigmoid(0) = 0.5. The Linear(hidden -> 1) between them can go negative, so all of
         # (0, 1) is reachable.
         self.net = nn.Sequential(  # calls its layers in order, as a forward() by hand would
-            nn.Linear(in_features, hidden),  # weight (hidden, F), bias (hidden,): W x + b
+            nn.Linear(in_features, hidden),  # weight W (hidden, F), bias b: W x + b per row
             nn.ReLU(),
             nn.Linear(hidden, 1),
             nn.Sigmoid(),
@@ -106,7 +107,8 @@ def inspect_step(model, criterion, lr, dataset, batch_size, device):
     the weight after step(). On copies: the run itself is the same with or without this."""
     model = copy.deepcopy(model)
     optimizer = make_optimizer(model, lr)
-    # The first batch, as the DataLoader makes it: B calls of __getitem__, then a stack
+    # A batch as the DataLoader makes one: B calls of __getitem__ (here rows 0 .. B-1, not
+    # shuffled), then a stack
     rows = [dataset[i] for i in range(batch_size)]  # B pairs (x (F,), y (1,))
     x, y = (torch.stack(column) for column in zip(*rows, strict=True))  # (B, F), (B, 1)
     x, y = x.to(device), y.to(device)
@@ -192,7 +194,7 @@ def main(argv=()):
     train_csv, test_csv = os.path.join(DATA, "train.csv"), os.path.join(DATA, "test.csv")
     train_set = CsvDataset(train_csv, "train", seed=args.seed)
     valid_set = CsvDataset(train_csv, "valid", stats=train_set.stats, seed=args.seed)
-    test_set = CsvDataset(test_csv, stats=train_set.stats)
+    test_set = CsvDataset(test_csv, stats=train_set.stats)  # bundled with its targets
     train_loader = DataLoader(train_set, args.batch_size, shuffle=True)  # a new order each epoch
     valid_loader = DataLoader(valid_set, args.batch_size, shuffle=False)
     test_loader = DataLoader(test_set, args.batch_size, shuffle=False)  # keep the file's order
@@ -222,7 +224,9 @@ def main(argv=()):
     model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
     preds = test(model, test_loader, device)  # (N, 1)
     with open(os.path.join(args.out, "predictions.csv"), "w", newline="") as f:
-        csv.writer(f).writerows([("id", "prediction"), *enumerate(preds[:, 0].tolist())])
+        writer = csv.writer(f)
+        writer.writerow(["id", "prediction"])
+        writer.writerows(enumerate(preds[:, 0].tolist()))  # row i: i, its prediction
     if test_set.y is not None:
         test_mse = nn.functional.mse_loss(preds, test_set.y).item()
         print(f"test MSE {test_mse:.5g} with the best model (valid {best_loss:.5g})")

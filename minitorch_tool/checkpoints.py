@@ -137,22 +137,22 @@ def read(path, schemas) -> tuple[dict, dict]:
             if text is None:
                 raise InputError(f"{path}: not a minitorch_run checkpoint (no {HEADER_KEY} "
                                  "entry in its header)")
-            document = json.loads(text, parse_constant=refuse_constant)
+            try:
+                document = json.loads(text, parse_constant=refuse_constant)
+            except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
+                raise Damaged("its JSON does not read") from None
             names = document.keys() if isinstance(document, dict) else ()
             check_json(document, next((s for s in schemas if s.keys() == names), schemas[0]),
                        "the document")
             if document["format"] != FORMAT:
                 raise Damaged("its format")
-            names = f.keys()
-            tensors = {name: f.get_tensor(name) for name in names}
+            tensor_names = f.keys()
+            tensors = {name: f.get_tensor(name) for name in tensor_names}
     except OSError as e:
         raise InputError(f"{path}: {e.strerror or e}") from None
     except safetensors.SafetensorError:
         raise InputError(f"{path}: not a checkpoint (truncated, or not a safetensors file)"
                          ) from None
-    except (ValueError, RecursionError):  # JSON that does not parse, or nests too deep
-        raise InputError(f"{path}: a damaged or foreign checkpoint (its JSON does not read); "
-                         "start afresh in a new --out") from None
     return tensors, document
 
 
@@ -320,8 +320,10 @@ def checked_optimizer(tensors, document, model, path) -> dict:
     groups, now = document["optimizer_groups"], built.state_dict()["param_groups"]
     if len(groups) != len(now):
         raise_damaged("optimizer_groups")
-    changed = [f"{k}={groups[0][k]} (now {now[0][k]})" for k in now[0]
-               if k in groups[0] and k not in HOW_NOT_WHAT | {"lr"} and groups[0][k] != now[0][k]]
+    # JSON holds a tuple (Adam's betas) as a list: back to a tuple where today's has one
+    group = {k: tuple(v) if isinstance(now[0].get(k), tuple) else v for k, v in groups[0].items()}
+    changed = [f"{k}={group[k]} (now {now[0][k]})" for k in now[0]
+               if k in group and k not in HOW_NOT_WHAT | {"lr"} and group[k] != now[0][k]]
     if changed:
         raise InputError(f"{path}: the stopped run's {built_class} had {', '.join(changed)}: "
                          "resume with the code it ran with, or start a new --out")
@@ -343,7 +345,7 @@ def checked_optimizer(tensors, document, model, path) -> dict:
             raise_damaged("optimizer state")
         state.setdefault(int(index), {}).update(values)
     params_ids = list(range(len(params)))
-    return {"state_dict": {"state": state, "param_groups": [{**groups[0], "params": params_ids}]},
+    return {"state_dict": {"state": state, "param_groups": [{**group, "params": params_ids}]},
             "tensor_names": names}
 
 
