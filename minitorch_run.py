@@ -34,7 +34,7 @@ from minitorch_tool import checkpoints, torchrun
 from minitorch_tool.csvs import TableDataset
 from minitorch_tool.errors import InputError, one_line_errors
 from minitorch_tool.flags import parse_args, pick_device
-from minitorch_tool.outputs import Out, draw_pictures, progress_bar, report
+from minitorch_tool.outputs import Out, draw_pictures, first_non_finite, progress_bar, report
 from minitorch_tool.scaling import check_float32_range
 from minitorch_tool.speed import make_loader
 
@@ -82,7 +82,7 @@ def fit(model, loaders, criterion, optimizer, device, stats, args, run, out):
         valid_loss = ml.evaluate(model, valid_loader, criterion, device)  # what ddp wraps
         losses = torchrun.mean_over_ranks([train_loss, valid_loss], device)
         losses = stats.mse_in_target_units(losses)  # an MSE of y' -> of y
-        check_finite(epoch, *losses, args)  # diverged? stop, save nothing
+        check_finite(epoch, losses, model, valid_loader, device, args)  # else stop, save nothing
         improved = checkpoints.end_epoch(run, epoch, model, optimizer, stats, losses, out)
         print(f"epoch {epoch:3d} | train {losses[0]:.5g} | valid {losses[1]:.5g} | "
               f"{time.perf_counter() - start:.2f}s{' *' if improved else ''}")
@@ -91,10 +91,19 @@ def fit(model, loaders, criterion, optimizer, device, stats, args, run, out):
             break
 
 
-def check_finite(epoch, train_loss, valid_loss, args):
-    """A loss of inf or NaN: the run diverged. It stops before it saves anything, so --out
-    keeps the last finite epoch (or the files of before). The validation rows cannot cause it:
-    a row whose squared error float32 cannot hold is refused before training."""
+def check_finite(epoch, losses, model, valid_loader, device, args):
+    """A loss of inf or NaN stops the run before it saves anything, so --out keeps the last
+    finite epoch (or the files of before). A validation loss alone: a validation row whose
+    features lie so far out that the model's output overflows float32, named. Else the run
+    diverged. (A target whose squared error float32 cannot hold is refused before training.)"""
+    train_loss, valid_loss = losses
+    if math.isfinite(train_loss) and not math.isfinite(valid_loss):
+        i = first_non_finite(ml.test(model, valid_loader, device))
+        if i is not None:
+            raise InputError(f"{args.train}: data row {int(valid_loader.dataset.indices[i]) + 1}"
+                             ", a validation row: the model's output for it is not a finite "
+                             "number (its features lie too far from the training rows' for "
+                             "float32); drop or fix the row")
     if not (math.isfinite(train_loss) and math.isfinite(valid_loss)):
         raise InputError(f"epoch {epoch}: the loss is {train_loss:g} (train), {valid_loss:g} "
                          f"(valid): the run diverged; lower --lr (now {args.lr:g}), or look for "
@@ -120,3 +129,6 @@ def interrupted(argv, out) -> str:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # the run has ended: a late signal ends the
+        if hasattr(signal, name):  # process as it would any other, with nothing to report
+            signal.signal(getattr(signal, name), signal.SIG_DFL)

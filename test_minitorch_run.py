@@ -997,6 +997,9 @@ CRAFTED = {  # what a hostile or damaged last.safetensors changes -> how
     "an epoch of true": lambda t, d: d["history"][0].update(epoch=True),
     "a tensor it does not write": replace("extra", torch.ones(2)),
     "an optimizer state for no parameter": replace("optimizer.99.momentum_buffer", torch.ones(2)),
+    "an optimizer state at index ²": replace("optimizer.².momentum_buffer", torch.ones(2)),
+    "a plain optimizer state at index ٣": lambda t, d: d["optimizer_plain_state"].update(
+        {"٣": {"step": 1}}),
     "a format of another version": lambda t, d: d.update(format="minitorch_run 99"),
 }
 
@@ -1122,6 +1125,7 @@ def test_under_torchrun_only_rank_0_prints_an_error(monkeypatch, capsys):
     """Every rank meets the same bad flag; one line in all, from rank 0. A RANK set by hand,
     without torchrun (which sets TORCHELASTIC_RUN_ID), silences nothing: one line."""
     errors = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
     for torchrun_id, local_rank, rank in (("job", "1", "1"), ("job", "0", "0"),
                                           (None, "0", "1"), (None, None, "1")):
         for name, value in (("TORCHELASTIC_RUN_ID", torchrun_id), ("LOCAL_RANK", local_rank),
@@ -1370,8 +1374,9 @@ def test_the_process_group_is_torn_down_after_a_run_and_after_an_error(tmp_path,
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for name, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1",
-                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+    for name, value in {"TORCHELASTIC_RUN_ID": "job", "LOCAL_RANK": "0", "RANK": "0",
+                        "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}.items():
         monkeypatch.setenv(name, value)
     out, _, _ = run_main(tmp_path, 3, True, "--epochs", "1")
     assert not dist.is_initialized() and metrics(out)["best_epoch"] == 1
@@ -1454,10 +1459,11 @@ def test_no_input_check_lives_in_an_assert(path):
 def test_a_checkpoint_with_another_releases_optimizer_keys_resumes(previous_run, tmp_path):
     """Torch releases add and drop param-group keys that say how a step is computed (fused,
     foreach, ...): a last.safetensors without today's, or with one today's torch does not
-    know, resumes; what changes the update (momentum, weight decay, ...) is still compared."""
+    know, resumes; what changes the update (momentum, weight decay, ...) is still compared,
+    and a key the file lacks (nesterov, here) takes today's value."""
     def other_release(tensors, document):
         group = document["optimizer_groups"][0]
-        for key in ("fused", "foreach", "differentiable"):
+        for key in ("fused", "foreach", "differentiable", "nesterov"):
             group.pop(key, None)
         group["a_later_releases_flag"] = True
 
@@ -1470,6 +1476,7 @@ def test_torchrun_on_apples_mps_is_one_line(monkeypatch):
     """torch.distributed's backends take CPU or CUDA tensors: MPS under torchrun is refused
     with a line that names the way out."""
     monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     with pytest.raises(InputError, match="MPS has no process-group backend; add --device cpu"):
         torchrun.join_torchrun(torch.device("mps"))
 
@@ -1741,10 +1748,16 @@ def test_a_validation_target_whose_error_overflows_float32_is_named(capsys, prev
     assert "diverged" not in line
 
 
+TORCHRUN = {"TORCHELASTIC_RUN_ID": "job"}
+
+
 @pytest.mark.parametrize("env, message", [
-    ({"RANK": "x"}, "no torchrun process group could be joined"),
-    ({"LOCAL_WORLD_SIZE": "x"}, "LOCAL_WORLD_SIZE='x': torchrun sets it to a whole number"),
-    ({"LOCAL_RANK": "-1"}, "LOCAL_RANK='-1': torchrun sets it to a whole number"),
+    ({}, "LOCAL_RANK is set, but this is no torchrun job"),
+    ({**TORCHRUN, "RANK": "x"}, "RANK='x': torchrun sets it to a whole number"),
+    ({**TORCHRUN, "LOCAL_WORLD_SIZE": "x"}, "LOCAL_WORLD_SIZE='x': torchrun sets it to a whole"),
+    ({**TORCHRUN, "LOCAL_RANK": "-1"}, "LOCAL_RANK='-1': torchrun sets it to a whole number"),
+    ({**TORCHRUN, "LOCAL_RANK": "²"}, "LOCAL_RANK='²': torchrun sets it to a whole number"),
+    ({**TORCHRUN, "RANK": "5", "WORLD_SIZE": "1"}, "RANK=5 of WORLD_SIZE=1, LOCAL_RANK=0 of"),
 ])
 def test_a_torchrun_variable_set_by_hand_is_one_line(capsys, previous_run, tmp_path,
                                                      monkeypatch, env, message):
@@ -1761,7 +1774,7 @@ def test_a_busy_master_port_is_one_line(capsys, previous_run, tmp_path, monkeypa
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        for name, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1",
+        for name, value in {**TORCHRUN, "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1",
                             "MASTER_ADDR": "127.0.0.1",
                             "MASTER_PORT": str(busy.getsockname()[1])}.items():
             monkeypatch.setenv(name, value)
@@ -1846,3 +1859,57 @@ def test_a_file_in_another_encoding_is_named(capsys, previous_run, tmp_path, enc
     bad = tmp_path / "bad.csv"
     bad.write_bytes("a,b,é\n1,2,0.5\n3,4,0.25\n5,6,1\n".encode(encoding))
     assert f"{bad}: {message}" in fails(capsys, previous_run, tmp_path, "--train", bad)
+
+
+SIGNS = np.array([[a, b, c] for a in (1, -1) for b in (1, -1) for c in (1, -1)])
+
+
+def far_out(n_rows, rows):
+    """Features near 2 and targets in [0, 1], but `rows` (8 of them) hold ±3e38 in every sign
+    pattern: within float32, yet far enough out that the model's output overflows for some."""
+    x, y = regression(n_rows, 3, seed=0)
+    x[rows] = 3e38 * SIGNS
+    return x, y
+
+
+def test_a_test_row_the_model_cannot_predict_is_named_before_predictions_are_written(
+        capsys, tmp_path):
+    """Test rows of ±3e38 fit float32, but the model's output for some does not: one line
+    naming the first such row, and predictions.csv and metrics.json are left as they were
+    (no file of NaN predictions)."""
+    x, y = far_out(40, range(8))
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("predictions.csv", "metrics.json"):
+        (out / name).write_text("an earlier run's")
+    train = write_csv(tmp_path / "train.csv", *regression(200, 3, seed=1))  # features near 2
+    with pytest.raises(SystemExit) as stop:
+        main_on(out, train, write_csv(tmp_path / "t.csv", x, y))
+    line = capsys.readouterr().err
+    assert stop.value.code == 2 and re.search(r"t.csv: data row [1-8]: the model's prediction "
+                                              "for it is not a finite number", line), line
+    assert all((out / n).read_text() == "an earlier run's" for n in ("predictions.csv",
+                                                                     "metrics.json"))
+
+
+def test_a_validation_row_the_model_cannot_predict_is_named_not_called_divergence(
+        capsys, previous_run, tmp_path):
+    """Validation rows of ±3e38: the training loss is finite, the validation loss NaN. The
+    line names the first such row; it does not say the run diverged."""
+    x, y = regression(200, 3, seed=0)
+    rows = TableDataset(write_csv(tmp_path / "t.csv", x, y), valid_ratio=0.2).valid_rows[:8]
+    path = write_csv(tmp_path / "t.csv", *far_out(200, rows))
+    line = fails(capsys, previous_run, tmp_path, "--train", path, "--test", path)
+    named = int(re.search(r"data row (\d+), a validation row: the model's output for it",
+                          line)[1])
+    assert named - 1 in rows.tolist() and "diverged" not in line
+
+
+def test_a_huge_optimizer_setting_is_cut_short_in_the_line(capsys, previous_run, tmp_path):
+    """A crafted optimizer setting of 2 MB: refused, and shown in the line cut short."""
+    def craft(tensors, document):
+        document["optimizer_groups"][0]["momentum"] = "\x1b[31mA" * 200_000
+
+    line = fails(capsys, previous_run, tmp_path, "--resume",
+                 crafted(previous_run, tmp_path, craft))
+    assert len(line) < 400 and "\x1b" not in line

@@ -21,7 +21,7 @@ import safetensors.torch
 import torch
 
 import minitorch_loop as ml
-from minitorch_tool.errors import InputError, quoted
+from minitorch_tool.errors import InputError, quoted, shown
 from minitorch_tool.flags import FIXED_SETTINGS, SETTINGS
 from minitorch_tool.outputs import make_out_dir
 from minitorch_tool.scaling import Scaling
@@ -184,10 +184,12 @@ def check_json(value, schema, where):
         raise Damaged(where)
 
 
-def plain(value) -> bool:  # an optimizer's setting: a number, a flag, None, or a few numbers
-    if type(value) is list:
+def plain(value) -> bool:  # an optimizer's setting: a number, a flag, None, a word, or a few
+    if type(value) is list:  # numbers
         return len(value) <= 8 and all(type(v) in (int, float) for v in value)
-    return value is None or type(value) in (bool, int, str) or (
+    if type(value) is str:
+        return len(value) <= 40
+    return value is None or type(value) in (bool, int) or (
         type(value) is float and math.isfinite(value))
 
 
@@ -320,9 +322,11 @@ def checked_optimizer(tensors, document, model, path) -> dict:
     groups, now = document["optimizer_groups"], built.state_dict()["param_groups"]
     if len(groups) != len(now):
         raise_damaged("optimizer_groups")
-    # JSON holds a tuple (Adam's betas) as a list: back to a tuple where today's has one
-    group = {k: tuple(v) if isinstance(now[0].get(k), tuple) else v for k, v in groups[0].items()}
-    changed = [f"{k}={group[k]} (now {now[0][k]})" for k in now[0]
+    # A key the file lacks takes today's value; JSON holds a tuple (Adam's betas) as a list:
+    # back to a tuple where today's has one
+    group = {**now[0], **{k: tuple(v) if isinstance(now[0].get(k), tuple) else v
+                          for k, v in groups[0].items()}}
+    changed = [f"{k}={shown(str(group[k]))} (now {now[0][k]})" for k in now[0]
                if k in group and k not in HOW_NOT_WHAT | {"lr"} and group[k] != now[0][k]]
     if changed:
         raise InputError(f"{path}: the stopped run's {built_class} had {', '.join(changed)}: "
@@ -332,7 +336,7 @@ def checked_optimizer(tensors, document, model, path) -> dict:
     for name, t in tensors.items():
         if name.startswith("optimizer."):
             index, _, key = name[len("optimizer."):].partition(".")
-            if not (index.isdigit() and int(index) < len(params) and key):
+            if not (is_index(index, len(params)) and key):
                 raise_damaged("optimizer state")
             i = int(index)
             if not t.is_floating_point() or t.shape not in (params[i].shape, ()) or not (
@@ -341,12 +345,17 @@ def checked_optimizer(tensors, document, model, path) -> dict:
             state.setdefault(i, {})[key] = t.to(params[i].dtype)
             names.append(f"{index}.{key}")
     for index, values in document["optimizer_plain_state"].items():
-        if not (index.isdigit() and int(index) < len(params)):
+        if not is_index(index, len(params)):
             raise_damaged("optimizer state")
         state.setdefault(int(index), {}).update(values)
     params_ids = list(range(len(params)))
     return {"state_dict": {"state": state, "param_groups": [{**group, "params": params_ids}]},
             "tensor_names": names}
+
+
+def is_index(text, n) -> bool:
+    """Whether `text` is 0 .. n-1, written in ASCII digits ("²" and "٣" are digits too)."""
+    return text.isascii() and text.isdigit() and int(text) < n
 
 
 def new_or_resumed_run(stopped, model, optimizer, data, device, args, out, cleanup) -> dict:

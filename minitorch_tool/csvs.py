@@ -186,6 +186,7 @@ class TableDataset(Dataset):
         # y' = (y - target_low) / target_span, inside the Sigmoid's (0, 1): see Scaling
         self.y = None if table.target is None else self.stats.scaled(table.target)  # (N, 1)
         self.ids = table.ids  # (N,): the id column, or 0 .. N-1
+        self.path = path
 
     def __getitem__(self, i):  # row i: x (F,), y (1,); B rows at once: (B, F), (B, 1)
         return (self.x[i],) if self.y is None else (self.x[i], self.y[i])

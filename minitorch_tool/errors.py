@@ -75,18 +75,22 @@ def say_error(line):
     """The line on stderr, every control character in it escaped (a file's name or cell
     could hold an escape sequence for the terminal), from rank 0 only: under torchrun every
     rank meets the same error. Never fails: with stderr closed or full the exit code speaks."""
-    if dist.is_initialized():
-        rank = dist.get_rank()
-    else:  # torchrun (it sets TORCHELASTIC_RUN_ID) before the group is joined: its RANK
-        under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
-        rank = os.environ.get("RANK", "0") if under_torchrun else "0"
-    if str(rank) != "0":
+    rank = dist.get_rank() if dist.is_initialized() else rank_before_joining()
+    if rank != 0:
         return
     try:
         print(printable(line), file=sys.stderr, flush=True)
     except (OSError, ValueError):  # 2>/dev/full, 2>&1 | true, a closed stderr
         with contextlib.suppress(OSError, ValueError):  # nor at exit, when Python flushes
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+
+
+def rank_before_joining() -> int:
+    """This process's rank as torchrun set it (with TORCHELASTIC_RUN_ID, a RANK below
+    WORLD_SIZE), or 0: a plain run, or variables set by hand, whose errors must be seen."""
+    rank, world = (os.environ.get(name, "") for name in ("RANK", "WORLD_SIZE"))
+    valid = all(n.isascii() and n.isdigit() for n in (rank, world)) and int(rank) < int(world)
+    return int(rank) if valid and "TORCHELASTIC_RUN_ID" in os.environ else 0
 
 
 def printable(text) -> str:

@@ -11,6 +11,7 @@ import sys
 import tempfile
 
 import filelock
+import torch
 from torch import nn
 from tqdm import tqdm
 
@@ -114,7 +115,13 @@ def lock_out_dir(path, cleanup):
 def report(out, preds, test_set, train_targets, run):
     """Write predictions.csv (the test file's ids, each with its prediction, in the target's
     units) and metrics.json; print the test MSE beside that of always predicting the mean
-    training target: a model that learned nothing. All in the target's units."""
+    training target: a model that learned nothing. All in the target's units. A prediction
+    that is not a finite number is one line that names its row, before either is written."""
+    row = first_non_finite(preds)
+    if row is not None:
+        raise InputError(f"{test_set.path}: data row {row + 1}: the model's prediction for it "
+                         "is not a finite number (its features lie too far from the training "
+                         "rows' for float32); drop or fix the row")
     stats, targets = test_set.stats, test_set.y
     preds, targets, train_targets = (None if t is None else t.double()  # squares of 1e20: float64
                                      for t in (preds, targets, train_targets))
@@ -124,10 +131,11 @@ def report(out, preds, test_set, train_targets, run):
     csv.writer(table, lineterminator="\n").writerows([("id", stats.target_name), *zip(
         test_set.ids, map(repr, stats.in_target_units(preds.squeeze(1)).tolist()), strict=True)])
     metrics = {"history": run["history"], "best_epoch": run["best_epoch"], "test_mse": test_mse}
+    metrics_text = json.dumps(metrics, allow_nan=False)  # before either file is written
     with out.file("predictions.csv") as f:
         f.write(table.getvalue().encode())
     with out.file("metrics.json") as f:
-        f.write(json.dumps(metrics, allow_nan=False).encode())
+        f.write(metrics_text.encode())
     if test_mse is None:
         print(f"{len(preds)} predictions in {os.path.join(out.path, 'predictions.csv')} (the "
               "test CSV has no target)")
@@ -135,6 +143,12 @@ def report(out, preds, test_set, train_targets, run):
         baseline = nn.functional.mse_loss(train_targets.mean().expand_as(targets), targets).item()
         print(f"test MSE {test_mse:.5g} with the best epoch ({run['best_epoch']}); always "
               f"predicting the mean training target scores {baseline * stats.target_span**2:.5g}")
+
+
+def first_non_finite(preds) -> int | None:
+    """The index of the first prediction (N, 1) that is inf or NaN, or None."""
+    bad = (~torch.isfinite(preds[:, 0])).nonzero()
+    return int(bad[0]) if len(bad) else None
 
 
 # --- Seeing the run: two pictures (pictures.py), and a progress bar ---

@@ -18,7 +18,15 @@ def join_torchrun(device) -> torch.device:
     prints. A plain run is left as it is."""
     if "LOCAL_RANK" not in os.environ:
         return device
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets both
+        raise InputError("LOCAL_RANK is set, but this is no torchrun job (no "
+                         "TORCHELASTIC_RUN_ID): run under torchrun, or unset LOCAL_RANK")
     local_rank, per_node = whole_number("LOCAL_RANK"), whole_number("LOCAL_WORLD_SIZE", "1")
+    rank, world = whole_number("RANK", "0"), whole_number("WORLD_SIZE", "1")
+    if not (local_rank < per_node and rank < world):  # a group that could never form
+        raise InputError(f"RANK={rank} of WORLD_SIZE={world}, LOCAL_RANK={local_rank} of "
+                         f"LOCAL_WORLD_SIZE={per_node}: not what torchrun sets; run under "
+                         "torchrun, or unset LOCAL_RANK")
     n_gpus = torch.cuda.device_count()
     if device.type == "cuda" and per_node > n_gpus:  # every rank sees it: rank 0 says it
         raise InputError(f"torchrun starts {per_node} processes on this machine, which has "
@@ -42,7 +50,7 @@ def join_torchrun(device) -> torch.device:
 def whole_number(name, default=None) -> int:
     """An environment variable that torchrun sets, as a number."""
     value = os.environ.get(name, default)
-    if value is None or not value.isdigit():
+    if value is None or not (value.isascii() and value.isdigit()):
         raise InputError(f"{name}={quoted(value or '')}: torchrun sets it to a whole number; "
                          "run under torchrun, or unset LOCAL_RANK")
     return int(value)
