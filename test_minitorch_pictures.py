@@ -1,4 +1,4 @@
-"""The rules of minitorch_pictures.py: real PNGs, a curve that plots exactly the history it is
+"""The rules of minitorch_tool/pictures.py: real PNGs, a curve that plots exactly the history it is
 given with the best epoch marked, a log scale only for losses that span over a decade, and one
 dot per row at (true, predicted). Each test reads the figure's artists (lines, dots, scales),
 not its pixels, and compares them with the data it passed in.

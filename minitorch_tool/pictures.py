@@ -1,4 +1,4 @@
-"""minitorch_pictures: a run as two pictures, which minitorch_loop.py writes to --out.
+"""Pictures: a run as two pictures, which minitorch_run.py writes to --out.
 
 loss.png, the learning curve: training and validation loss per epoch, the best epoch marked.
 Both falling: the model is still learning. Validation turning up while training goes on
