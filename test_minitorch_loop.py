@@ -223,12 +223,16 @@ def test_shuffling_draws_a_new_order_every_epoch(scratch):
     assert first != second and first != list(range(50))
 
 
-class CountingDataset(ml.CsvDataset):
-    """A CsvDataset that records each __getitem__ call."""
+class Counting:
+    """Mixed into a Dataset: records each __getitem__ call in .calls."""
 
     def __getitem__(self, i):
         self.calls.append(i)
         return super().__getitem__(i)
+
+
+class CountingDataset(Counting, ml.CsvDataset):
+    """A CsvDataset that records each __getitem__ call."""
 
 
 @example(n=5, batch_size=5)  # the notes: DataLoader(dataset, batch_size=5) calls getitem 5 times

@@ -52,6 +52,7 @@ from test_minitorch_loop import (
     DATA,
     DEVICES,
     FLOAT32_RTOL,
+    Counting,
     batch_sizes,
     close,
     n_features,
@@ -189,12 +190,8 @@ def test_the_batched_loader_yields_the_notes_dataloaders_batches(scratch, n, bat
     assert (orders[0] != orders[1]) == shuffle, "a new order each epoch, only when shuffled"
 
 
-class CountingDataset(TableDataset):
+class CountingDataset(Counting, TableDataset):
     """A TableDataset that records each __getitem__ call."""
-
-    def __getitem__(self, i):
-        self.calls.append(i)
-        return super().__getitem__(i)
 
 
 @example(n=5, batch_size=5)  # the notes: DataLoader(dataset, batch_size=5) calls getitem 5 times

@@ -198,11 +198,11 @@ def checked_scaling(tensors, document) -> Scaling:
     mean, std = (tensors.get(f"scaling.{name}") for name in ("mean", "std"))
     for name, t in (("scaling.mean", mean), ("scaling.std", std)):
         if t is None or t.dtype != torch.float64 or t.dim() != 1 or not 0 < len(t) == len(mean):
-            raise_damaged(name)
+            raise Damaged(name)
     if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
-        raise_damaged("scaling")
+        raise Damaged("scaling")
     if not document["target_span"] > 0 or len(document["feature_names"]) < len(mean):
-        raise_damaged("target_span, feature_names")
+        raise Damaged("target_span, feature_names")
     return Scaling(mean, std, *(document[name] for name in Scaling._fields[2:]))
 
 
@@ -213,7 +213,7 @@ def checked_weights(tensors, prefix, model, path) -> dict:
     built = model.state_dict()
     saved = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
     if not saved:
-        raise_damaged(f"no {prefix}* weights")
+        raise Damaged(f"no {prefix}* weights")
     if {k: t.shape for k, t in saved.items()} != {k: t.shape for k, t in built.items()}:
         have, now = layer_sizes(saved), layer_sizes(built)
         differ = f"layers {have}; MLP now builds {now}" if have != now else (
@@ -224,7 +224,7 @@ def checked_weights(tensors, prefix, model, path) -> dict:
     for name, t in saved.items():
         cast[name] = t.to(built[name].dtype) if t.is_floating_point() else None
         if cast[name] is None or not torch.isfinite(cast[name]).all():
-            raise_damaged(f"{prefix}{name}")
+            raise Damaged(f"{prefix}{name}")
     return cast
 
 
@@ -234,10 +234,6 @@ def layer_sizes(state_dict) -> str:
     if not shapes:
         return "none"
     return "-".join(str(n) for n in [shapes[0][1], *(shape[0] for shape in shapes)])
-
-
-def raise_damaged(what):
-    raise Damaged(what)
 
 
 # --- Resume: last.safetensors holds the whole run, so a stopped run continues bit for bit ---
@@ -270,31 +266,31 @@ def checked_run(tensors, document, path) -> dict:
         try:
             SETTINGS[name](repr(value))
         except (ValueError, argparse.ArgumentTypeError):
-            raise_damaged(f"settings.{name}")
+            raise Damaged(f"settings.{name}") from None
     epoch, history, best_epoch = document["epoch"], document["history"], document["best_epoch"]
     if not (1 <= best_epoch <= epoch == len(history)) or [h["epoch"] for h in history] != list(
             range(1, epoch + 1)):
-        raise_damaged("epoch, best_epoch, history")
+        raise Damaged("epoch, best_epoch, history")
     if not all(h[k] >= 0 for h in history for k in ("train_loss", "valid_loss")):
-        raise_damaged("history")
+        raise Damaged("history")
     if document["best_loss"] != history[best_epoch - 1]["valid_loss"]:
-        raise_damaged("best_loss")
+        raise Damaged("best_loss")
     if len(document["data"]) != 64 or not set(document["data"]) <= set("0123456789abcdef"):
-        raise_damaged("data")
+        raise Damaged("data")
     stats = checked_scaling(tensors, document)
     model = ml.MLP(len(stats.mean))
     rng = tensors.get("rng")
     if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
-        raise_damaged("rng")
+        raise Damaged("rng")
     try:
         torch.Generator().set_state(rng)
     except RuntimeError:  # a byte string that is no state of the generator
-        raise_damaged("rng")
+        raise Damaged("rng") from None
     expected = {"rng", "scaling.mean", "scaling.std"} | {f"{p}{k}" for p in ("model.", "best.")
                                                          for k in model.state_dict()}
     optimizer = checked_optimizer(tensors, document, model, path)
     if not set(tensors) <= expected | {f"optimizer.{k}" for k in optimizer["tensor_names"]}:
-        raise_damaged("its tensors' names")
+        raise Damaged("its tensors' names")
     return {**{k: document[k] for k in ("settings", "epoch", "history", "best_epoch",
                                           "best_loss", "data")},
             "stats": stats, "model": checked_weights(tensors, "model.", model, path),
@@ -321,7 +317,7 @@ def checked_optimizer(tensors, document, model, path) -> dict:
                          "with, or start a new --out")
     groups, now = document["optimizer_groups"], built.state_dict()["param_groups"]
     if len(groups) != len(now):
-        raise_damaged("optimizer_groups")
+        raise Damaged("optimizer_groups")
     # A key the file lacks takes today's value; JSON holds a tuple (Adam's betas) as a list:
     # back to a tuple where today's has one
     group = {**now[0], **{k: tuple(v) if isinstance(now[0].get(k), tuple) else v
@@ -337,16 +333,16 @@ def checked_optimizer(tensors, document, model, path) -> dict:
         if name.startswith("optimizer."):
             index, _, key = name[len("optimizer."):].partition(".")
             if not (is_index(index, len(params)) and key):
-                raise_damaged("optimizer state")
+                raise Damaged("optimizer state")
             i = int(index)
             if not t.is_floating_point() or t.shape not in (params[i].shape, ()) or not (
                     torch.isfinite(t.to(params[i].dtype)).all()):
-                raise_damaged(f"optimizer state {i}")
+                raise Damaged(f"optimizer state {i}")
             state.setdefault(i, {})[key] = t.to(params[i].dtype)
             names.append(f"{index}.{key}")
     for index, values in document["optimizer_plain_state"].items():
         if not is_index(index, len(params)):
-            raise_damaged("optimizer state")
+            raise Damaged("optimizer state")
         state.setdefault(int(index), {}).update(values)
     params_ids = list(range(len(params)))
     return {"state_dict": {"state": state, "param_groups": [{**group, "params": params_ids}]},
