@@ -3,6 +3,11 @@ of property tests."""
 
 import os
 
+# One intra-op thread for torch (and the processes tests start): on a busy 2-core machine two
+# threads contend, and a test's time would depend on the load (README, Performance). Set
+# before anything imports torch, which reads it once.
+os.environ["OMP_NUM_THREADS"] = "1"
+
 import pytest
 from hypothesis import settings
 

@@ -1,12 +1,12 @@
 """minitorch_loop: the training loop of the notes "PyTorch Tutorial 1", whole, in one file.
 
     python minitorch_loop.py            # train on data/train.csv, predict data/test.csv
-    python minitorch_loop.py --inspect  # first, one training step looked at closely (notes 二)
+    python minitorch_loop.py --inspect  # first, gradients and one training step up close
 
 Read it beside the notes, top to bottom: Step 1 the data (a Dataset, the DataLoader), Step 2
 the network, Step 3 the loss, Step 4 the optimizer, then train / validate / test, save / load,
-and main(), the run in the order of notes 六.1. It is written for the bundled data set; for
-your own CSV files, use minitorch_run.py, which checks them and is built on this file.
+and main(), the run in the order of notes 六.1. It is written for the bundled data set (see
+data/README.md); minitorch_run.py, built on this file, takes your own CSV files.
 """
 
 import argparse
@@ -20,34 +20,39 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")  # see data/README.md
 
 
 # --- Step 1 (notes 一): read the data into a Dataset; a DataLoader serves it in batches ---
+def split_rows(n, valid_ratio, seed) -> dict:
+    """The row numbers 0 .. n-1 in a random order fixed by `seed`, cut in two: {"train": ...,
+    "valid": ...}. The same seed gives the same split, and no row is in both."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_valid = round(valid_ratio * n)
+    return {"train": order[n_valid:], "valid": order[:n_valid]}
+
+
 class CsvDataset(Dataset):
     """A CSV file as a Dataset: a header row, then numbers, the target in the last column.
 
-    __init__ reads the file once. split="train" or "valid" keeps that part of its rows, drawn
-    by `seed` (the same seed, the same split: the two never overlap); None keeps every row.
-    The features are standardised with `stats`, the training rows' (mean, std), computed here
-    when stats is None: every file is scaled like the training rows, never by its own numbers.
+    __init__ reads the file once. split="train" or "valid" keeps that part of its rows (see
+    split_rows); None keeps every row. The features are standardised with `stats`, a (mean,
+    std) pair, computed from this file's rows when None. main() passes the training rows'
+    stats to every other file: all are scaled alike, never by their own numbers.
     labelled=False reads a file without the target column (the homework's test file)."""
 
     def __init__(self, path, split=None, stats=None, valid_ratio=0.2, seed=0, labelled=True):
         table = torch.from_numpy(np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2))
         if split is not None:
-            order = torch.randperm(len(table), generator=torch.Generator().manual_seed(seed))
-            n_valid = round(valid_ratio * len(table))
-            rows = {"train": order[n_valid:], "valid": order[:n_valid]}[split]  # else KeyError
-            table = table[rows]
+            table = table[split_rows(len(table), valid_ratio, seed)[split]]
         features = table[:, :-1] if labelled else table  # (N, F) float64: all but the target
         self.stats = (features.mean(0), features.std(0)) if stats is None else stats
         mean, std = self.stats
-        # float32, the dtype of the weights: a model and its data must agree (notes 二.2)
-        self.x = ((features - mean) / std).float()  # (N, F), each column mean 0, std 1
-        self.y = table[:, -1:].float() if labelled else None  # (N, 1): the target, or None
+        # float32 is the dtype of the weights. A model and its data must agree (notes 二.2).
+        self.x = ((features - mean) / std).float()  # (N, F); the training rows: mean 0, std 1
+        self.y = table[:, -1:].float() if labelled else None  # (N, 1); [:, -1] would be (N,)
 
     def __getitem__(self, i):  # row i: x (F,), and y (1,) when the file has targets
         return (self.x[i],) if self.y is None else (self.x[i], self.y[i])
@@ -58,28 +63,35 @@ class CsvDataset(Dataset):
 
 # --- Notes 二.3: a tensor lives on a device, the CPU unless moved with .to(device) ---
 def pick_device(name) -> torch.device:
-    """A torch.device; auto takes a CUDA GPU (cuda:0) if there is one, else Apple's MPS, else
-    the CPU."""
+    """--device as a torch.device. "auto" takes a CUDA GPU if there is one, else Apple's MPS,
+    else the CPU. A device this machine lacks is argparse's error, not a crash."""
     if name == "auto":
         mps = torch.backends.mps.is_available()
         name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # not a device's name
+        device = None
+    found = {"cpu": 1, "cuda": torch.cuda.device_count(), "mps": torch.backends.mps.is_available()}
+    if device is None or (device.index or 0) >= found.get(device.type, 0):
+        raise argparse.ArgumentTypeError(f"{name}: no such device here; "
+                                         "use auto, cpu, cuda, cuda:N or mps")
+    return torch.device("cpu") if device.type == "cpu" else device  # torch.load knows no cpu:0
 
 
 # --- Step 2 (notes 三): define the network, a torch.nn.Module ---
 class MLP(nn.Module):
     """Linear(F -> hidden) -> ReLU -> Linear(hidden -> 1) -> Sigmoid: one number in (0, 1).
 
-    The slides' example network is Linear -> Sigmoid -> Linear, which ends in a Linear: any
-    number. This one ends in a Sigmoid, because the bundled targets lie in (0, 1)."""
+    The slides' example network is Linear -> Sigmoid -> Linear, which ends in a Linear and
+    can output any number. This one ends in a Sigmoid, because the bundled targets lie in
+    (0, 1). The Linear between the ReLU and the Sigmoid can output negative numbers. Without
+    it, the Sigmoid would only see the ReLU's outputs, which are >= 0, and give [0.5, 1)."""
 
     def __init__(self, in_features=32, hidden=64):
         super().__init__()
-        # A Sigmoid straight after the ReLU could only output [0.5, 1): ReLU gives z >= 0 and
-        # sigmoid(0) = 0.5. The Linear(hidden -> 1) between them can go negative, so all of
-        # (0, 1) is reachable.
-        self.net = nn.Sequential(  # calls its layers in order, as a forward() by hand would
-            nn.Linear(in_features, hidden),  # weight W (hidden, F), bias b: W x + b per row
+        self.net = nn.Sequential(  # calls its layers in order, as forward() below would
+            nn.Linear(in_features, hidden),  # W (hidden, F), b (hidden,); see --inspect
             nn.ReLU(),
             nn.Linear(hidden, 1),
             nn.Sigmoid(),
@@ -88,59 +100,82 @@ class MLP(nn.Module):
     def forward(self, x):
         return self.net(x)  # (B, F) -> (B, 1)
 
+    # Notes 三.3: with or without Sequential, the same network. Without, __init__ holds
+    #     self.fc1 = nn.Linear(in_features, hidden)
+    #     self.relu = nn.ReLU()
+    #     self.fc2 = nn.Linear(hidden, 1)
+    #     self.sigmoid = nn.Sigmoid()
+    # and forward() returns self.sigmoid(self.fc2(self.relu(self.fc1(x))))
+
 
 # --- Step 3 (notes 四): the loss function ---
 def make_criterion() -> nn.Module:
-    """Mean squared error, the loss for regression (classification takes CrossEntropyLoss)."""
+    """Mean squared error, the loss for regression (classification takes CrossEntropyLoss).
+    A function of its own so that minitorch_run.py builds the same loss: one edit, both."""
     return nn.MSELoss()
 
 
 # --- Step 4 (notes 五): the optimizer ---
 def make_optimizer(model, lr) -> torch.optim.Optimizer:
-    """Plain SGD: each step moves every parameter by -lr times its gradient."""
+    """Plain SGD: each step moves every parameter by -lr times its gradient. A function of
+    its own, like make_criterion, so that minitorch_run.py builds the same optimizer."""
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0)
 
 
-# --- Notes 二.4 and 五: one training step, looked at closely (--inspect) ---
+# --- Notes 二.4 and 五 up close (--inspect): gradients, then one training step ---
+def inspect_gradients():
+    """The notes' own example: z = sum of x squared, so dz/dx = 2x. Check it by hand."""
+    x = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], requires_grad=True)
+    z = x.pow(2).sum()
+    print(f"x = {x.tolist()}, requires_grad=True; z = x.pow(2).sum() = {z.item():g}")
+    print(f"x.grad before z.backward(): {x.grad}")  # only backward() computes gradients
+    z.backward()
+    print(f"x.grad after z.backward(): {x.grad.tolist()}, which is 2 * x\n")
+
+
 def inspect_step(model, criterion, lr, dataset, batch_size, device):
-    """Print one step's tensors: shapes, the loss, a weight, its .grad after backward() and
-    the weight after step(). On copies: the run itself is the same with or without this."""
+    """One step's tensors: the batch, the first Linear's weight W, its .grad and the step.
+    On copies of the model and the optimizer: the run itself is the same without this."""
     model = copy.deepcopy(model)
     optimizer = make_optimizer(model, lr)
-    # A batch as the DataLoader makes one: B calls of __getitem__ (here rows 0 .. B-1, not
-    # shuffled), then a stack
-    rows = [dataset[i] for i in range(batch_size)]  # B pairs (x (F,), y (1,))
-    x, y = (torch.stack(column) for column in zip(*rows, strict=True))  # (B, F), (B, 1)
+    # A batch as the DataLoader builds one (not shuffled here): B calls of __getitem__, for
+    # rows 0 .. B-1, then default_collate stacks the B x's into one tensor, the B y's into one
+    rows = [dataset[i] for i in range(min(batch_size, len(dataset)))]
+    x, y = default_collate(rows)  # (B, F), (B, 1)
     x, y = x.to(device), y.to(device)
-    print(f"x {tuple(x.shape)} {x.dtype} on {x.device}; y {tuple(y.shape)}")
+    print(f"x {tuple(x.shape)} {x.dtype} on {x.device}, y {tuple(y.shape)}: "
+          f"{len(rows)} calls of __getitem__, then default_collate")
+    linear = next(m for m in model.modules() if isinstance(m, nn.Linear))  # MLP's net[0]
+    w = linear.weight
+    # For one row x as a column, the notes' W x + b; for a batch of rows, x @ W.T + b
+    print(f"first Linear: W {tuple(w.shape)}, b {tuple(linear.bias.shape)}; "
+          f"x @ W.T + b is {tuple(linear(x).shape)}")
     optimizer.zero_grad()
-    pred = model(x)
-    loss = criterion(pred, y)
-    print(f"pred = model(x): {tuple(pred.shape)}, requires_grad={pred.requires_grad}; "
-          f"loss = criterion(pred, y) = {loss.item():.6g}, shape {tuple(loss.shape)}")
-    w = model.net[0].weight  # (hidden, F): W of the first Linear
-    before = w[0, 0].item()
-    loss.backward()  # fills .grad of every parameter with d loss / d parameter
-    grad = w.grad[0, 0].item()
-    print(f"w = net[0].weight[0, 0] = {before:.6g}; after backward(), w.grad = {grad:.6g}")
+    loss = criterion(model(x), y)
+    print(f"loss = criterion(model(x), y) = {loss.item():.6g}, shape {tuple(loss.shape)}")
+    print(f"W.grad before loss.backward(): {w.grad}")  # zero_grad() leaves None, not zeros
+    loss.backward()  # sets .grad of every parameter to d loss / d parameter
+    before, grad = w[0, 0].item(), w.grad[0, 0].item()
+    print(f"W.grad after: shape {tuple(w.grad.shape)}; W[0, 0] = {before:.6g}, "
+          f"W.grad[0, 0] = {grad:.6g}")
     optimizer.step()
-    print(f"after step(): w = {w[0, 0].item():.6g}; "
-          f"w - lr * w.grad = {before - lr * grad:.6g}, plain SGD's step\n")
+    print(f"after optimizer.step(): W[0, 0] = {w[0, 0].item():.6g}; "
+          f"W[0, 0] - lr * W.grad[0, 0] = {before - lr * grad:.6g} (plain SGD's step)\n")
 
 
 # --- 六.2-六.4: train, validate, test ---
 def train(model, loader, criterion, optimizer, device) -> float:
     """One epoch of mini-batch SGD; returns the mean training loss per sample."""
     model.train()  # training mode: dropout and batch norm (none here) behave as in training
-    total, n = torch.zeros((), device=device), 0
+    total, n = torch.zeros((), device=device), 0  # a 0-dim tensor: one number, on the device
     for x, y in loader:
         x, y = x.to(device), y.to(device)  # (B, F), (B, 1)
-        optimizer.zero_grad()  # backward() adds to .grad, so clear last step's gradients
-        pred = model(x)  # (B, 1), the same shape as y: MSELoss must not broadcast
+        optimizer.zero_grad()  # backward() adds to .grad, so clear the last step's
+        pred = model(x)  # (B, 1) like y. Against a y of (B,) MSELoss would broadcast to (B, B)
         loss = criterion(pred, y)
         loss.backward()
         optimizer.step()
-        total += loss.detach() * len(x)  # stays on the device: .item() would wait every step
+        total += loss.detach() * len(x)  # summed on the device; .item() would wait each step
         n += len(x)
     return total.item() / n
 
@@ -154,7 +189,7 @@ def evaluate(model, loader, criterion, device) -> float:
             x, y = x.to(device), y.to(device)
             total += criterion(model(x), y) * len(x)  # batch mean * batch size = batch sum
             n += len(x)
-    return total.item() / n  # per sample: a short last batch weighs no more than its rows
+    return total.item() / n  # per sample: a short last batch counts as its rows, no more
 
 
 def test(model, loader, device) -> torch.Tensor:
@@ -168,33 +203,51 @@ def test(model, loader, device) -> torch.Tensor:
 
 
 # --- 六: the whole process: set up, then epochs of training and validation, then the test ---
+def positive(kind):
+    """An argparse type: a number of `kind` (int or float) that must be above 0."""
+    def parse(text):
+        value = kind(text)
+        if not value > 0:  # NaN is not above 0 either
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: '2.5'" names the kind
+    return parse
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="The notes' training loop on the bundled data.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--epochs", type=int, default=4, help="passes over the training rows")
-    p.add_argument("--batch-size", type=int, default=16, help="rows per SGD step")
-    p.add_argument("--lr", type=float, default=0.7,
-                   help="SGD learning rate; MSE through a Sigmoid has small gradients")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--epochs", type=positive(int), default=4,
+                   help="passes over the training rows")
+    p.add_argument("--batch-size", type=positive(int), default=16, help="rows per SGD step")
+    p.add_argument("--lr", type=positive(float), default=0.7,
+                   help="SGD's learning rate for this network (MSE through a Sigmoid has small "
+                        "gradients); Adam wants about 1e-3")
+    p.add_argument("--device", type=pick_device, default="auto",
+                   help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=0,
                    help="fixes the validation rows, the initial weights, the batch order")
     p.add_argument("--out", default="runs/lesson", help="where model.pt and predictions go")
     p.add_argument("--inspect", action="store_true",
-                   help="first print one training step's tensors and gradients")
+                   help="first show gradients and one training step up close")
     return p.parse_args(argv)
 
 
 def main(argv=()):
     """The run (六.1-六.5). main() in a notebook runs with the defaults; the command line
     passes its own flags (see the end of the file)."""
-    args = parse_args(argv)
+    args = parse_args(argv)  # a bad flag: argparse's usage and error, exit 2
     torch.manual_seed(args.seed)  # the initial weights and the batch order, run after run
-    device = pick_device(args.device)
-    # Step 1: Datasets and DataLoaders; validation rows are held out of the training file
+    device = args.device
+    # Step 1: Datasets and DataLoaders. Validation rows are held out of the training file.
     train_csv, test_csv = os.path.join(DATA, "train.csv"), os.path.join(DATA, "test.csv")
     train_set = CsvDataset(train_csv, "train", seed=args.seed)
     valid_set = CsvDataset(train_csv, "valid", stats=train_set.stats, seed=args.seed)
-    test_set = CsvDataset(test_csv, stats=train_set.stats)  # bundled with its targets
+    test_set = CsvDataset(test_csv, stats=train_set.stats)  # ours has targets: a test MSE
+    targets = torch.cat([train_set.y, valid_set.y])  # every target of the training file
+    if not ((0 < targets) & (targets < 1)).all():
+        sys.exit(f"{train_csv}: targets outside (0, 1), which the Sigmoid cannot output; "
+                 "minitorch_run.py scales any target")
     train_loader = DataLoader(train_set, args.batch_size, shuffle=True)  # a new order each epoch
     valid_loader = DataLoader(valid_set, args.batch_size, shuffle=False)
     test_loader = DataLoader(test_set, args.batch_size, shuffle=False)  # keep the file's order
@@ -203,6 +256,7 @@ def main(argv=()):
     criterion = make_criterion()
     optimizer = make_optimizer(model, args.lr)
     if args.inspect:
+        inspect_gradients()
         inspect_step(model, criterion, args.lr, train_set, args.batch_size, device)
     print(f"{len(train_set)} training rows, {len(valid_set)} validation rows; device {device}")
 
@@ -213,22 +267,26 @@ def main(argv=()):
         train_loss = train(model, train_loader, criterion, optimizer, device)
         valid_loss = evaluate(model, valid_loader, criterion, device)
         improved = valid_loss < best_loss  # validation picks the model, never the test set
-        if improved:  # 六.5: the state_dict maps each parameter's name to its tensor
+        if improved:  # NaN < x is False: a NaN loss never counts as better
             best_loss = valid_loss
-            torch.save(model.state_dict(), path)
+            torch.save(model.state_dict(), path)  # 六.5: each parameter's name -> its tensor
         print(f"epoch {epoch:3d} | train {train_loss:.5g} | valid {valid_loss:.5g} | "
-              f"{time.perf_counter() - start:.2f}s{' *' if improved else ''}")
+              f"{time.perf_counter() - start:.2f}s{' *' if improved else ''}")  # *: saved
+    if best_loss == math.inf:  # nothing saved: report nothing, touch no earlier file
+        sys.exit("no epoch gave a finite validation loss, so no model was saved; "
+                 "try a smaller --lr, or look for a feature column that never changes")
 
     # The best model, loaded back. weights_only=True: a file from elsewhere cannot run code
-    # while it loads; map_location puts tensors saved on a GPU where this model is.
-    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    # while it loads. map_location puts tensors saved on a GPU where this model is.
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(ckpt)
     preds = test(model, test_loader, device)  # (N, 1)
     with open(os.path.join(args.out, "predictions.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "prediction"])
-        writer.writerows(enumerate(preds[:, 0].tolist()))  # row i: i, its prediction
+        writer.writerows(enumerate(preds.squeeze(1).tolist()))  # (N, 1) -> (N,): i, pred i
     if test_set.y is not None:
-        test_mse = nn.functional.mse_loss(preds, test_set.y).item()
+        test_mse = criterion(preds, test_set.y).item()
         print(f"test MSE {test_mse:.5g} with the best model (valid {best_loss:.5g})")
     print(f"wrote {path} and {args.out}/predictions.csv")
 

@@ -33,7 +33,7 @@ import minitorch_loop as ml
 from minitorch_tool import checkpoints, torchrun
 from minitorch_tool.csvs import TableDataset
 from minitorch_tool.errors import InputError, one_line_errors
-from minitorch_tool.flags import parse_args, pick_device
+from minitorch_tool.flags import parse_args
 from minitorch_tool.outputs import Out, draw_pictures, first_non_finite, progress_bar, report
 from minitorch_tool.scaling import check_float32_range
 from minitorch_tool.speed import make_loader
@@ -48,7 +48,7 @@ def main(argv=()):
         out = Out(args.out)  # what this run writes there, it knows in memory
         stopped = checkpoints.load_stopped_run(args)  # with --resume: the stopped run, checked
         torch.manual_seed(args.seed)  # the initial weights, the batch order (or: resumed)
-        device = torchrun.join_torchrun(pick_device(args.device))  # torchrun: GPU LOCAL_RANK
+        device = torchrun.join_torchrun(args.device)  # torchrun: GPU LOCAL_RANK
         data = TableDataset(args.train, valid_ratio=args.valid_ratio, seed=args.seed)
         train_set, valid_set = Subset(data, data.train_rows), Subset(data, data.valid_rows)
         test_set = TableDataset(args.test, stats=data.stats)  # read now: a bad file stops early

@@ -354,6 +354,15 @@ def test_a_state_dict_saved_on_any_device_loads_on_the_cpu(tmp_path, device):
         assert read.device.type == "cpu" and torch.equal(read, saved.cpu())
 
 
+@pytest.mark.parametrize("name", ["cpu", "cpu:0"])
+def test_any_name_of_the_cpu_is_a_map_location_torch_load_knows(tmp_path, name):
+    """--device cpu:0 names the CPU too; torch.load's map_location knows it only as "cpu"."""
+    torch.save(ml.MLP(3).state_dict(), tmp_path / "model.pt")
+    device = ml.pick_device(name)
+    loaded = torch.load(tmp_path / "model.pt", map_location=device, weights_only=True)
+    assert all(t.device.type == "cpu" for t in loaded.values())
+
+
 OTHER_DEVICES = [
     "meta",  # holds shapes, no data: a second device on every machine
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -442,33 +451,38 @@ def test_mlp_defaults_are_the_notes_sizes():
     assert isinstance(relu, nn.ReLU) and isinstance(sigmoid, nn.Sigmoid)
 
 
-class OneByOne(nn.Module):
-    """The notes' other side: the layers held as attributes and called one after another."""
+class HandWritten(nn.Module):
+    """The network of MLP's notes-三.3 comment: its layers one by one, a forward by hand."""
 
-    def __init__(self, sequential):
+    def __init__(self, in_features=32, hidden=64):
         super().__init__()
-        self.fc1, self.act, self.fc2, self.out = sequential  # the very same layer objects
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, 1)
+        self.sigmoid = nn.Sigmoid()
 
     def forward(self, x):
-        return self.out(self.fc2(self.act(self.fc1(x))))
+        return self.sigmoid(self.fc2(self.relu(self.fc1(x))))
 
 
 @given(batch=st.integers(1, 20), n_features=n_features, seed=seeds)
 def test_with_or_without_sequential_is_the_same_network(batch, n_features, seed):
-    """Sharing weights, nn.Sequential and a hand-written forward give identical outputs and
-    identical gradients."""
+    """With the same weights, MLP (nn.Sequential) and the hand-written forward of its comment
+    give identical outputs and identical gradients."""
     torch.manual_seed(seed)
-    model = ml.MLP(n_features)
+    model, hand = ml.MLP(n_features), HandWritten(n_features)
+    with torch.no_grad():
+        for mine, theirs in zip(hand.parameters(), model.parameters(), strict=True):
+            mine.copy_(theirs)
     x, y = torch.randn(batch, n_features), torch.rand(batch, 1)
-    grads = []
-    for net in (model, OneByOne(model.net)):
-        model.zero_grad()
+    outputs = []
+    for net in (model, hand):
         out = net(x)
         nn.functional.mse_loss(out, y).backward()
-        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
-    (out_a, grads_a), (out_b, grads_b) = grads
-    assert torch.equal(out_a, out_b)
-    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
+        outputs.append(out.detach())
+    assert torch.equal(*outputs)
+    for a, b in zip(model.parameters(), hand.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad)
 
 
 # --- 四 Step 3: the loss ---
@@ -635,17 +649,6 @@ def test_one_epoch_lowers_the_loss_on_the_bundled_data():
 
 # --- 六.5 Save and load; 六 the run, end to end ---
 
-class NotATensor:
-    """Any class: unpickling it would mean running code named by the file."""
-
-
-def test_weights_only_refuses_a_pickle_that_is_not_plain_tensors(tmp_path):
-    """torch.load(path, weights_only=True) refuses a file that holds an arbitrary object."""
-    torch.save({"model": NotATensor()}, tmp_path / "evil.pt")
-    with pytest.raises(pickle.UnpicklingError):
-        torch.load(tmp_path / "evil.pt", weights_only=True)
-
-
 def run_lesson(tmp_path, capsys, *flags):
     """main() with `flags` and --out tmp_path; returns its printed lines."""
     ml.main(["--device", "cpu", "--out", str(tmp_path), *flags])
@@ -680,36 +683,61 @@ def test_the_run_keeps_the_best_validation_model_and_predicts_with_it(tmp_path, 
           predict64(model, test_set.x.double().numpy())[:, 0])
 
 
-STEP_LINES = re.compile(r"w = net\[0\]\.weight\[0, 0\] = (\S+); after backward\(\), "
-                        r"w\.grad = (\S+)\nafter step\(\): w = (\S+);")
+STEP_LINES = re.compile(r"W\.grad before loss\.backward\(\): None\nW\.grad after: shape "
+                        r"\((\d+), (\d+)\); W\[0, 0\] = (\S+), W\.grad\[0, 0\] = (\S+)\n"
+                        r"after optimizer\.step\(\): W\[0, 0\] = (\S+);")
 
 
 def test_inspect_shows_one_step_by_hand_and_changes_nothing(tmp_path, capsys):
-    """--inspect prints the first batch's shapes, the loss, a weight, its .grad (autograd on
-    a float64 copy agrees) and the weight after the optimizer's step (the same step on a
-    float64 copy); the run after it is the run without it, to the bit."""
+    """--inspect prints the first batch's shapes, the first Linear's W (64, 32), its .grad,
+    None before backward() (autograd on a float64 copy agrees after), and W after the
+    optimizer's step (the same step on a float64 copy); the run after it is the run without
+    it, to the bit."""
     plain = run_lesson(tmp_path / "plain", capsys, "--epochs", "1", "--lr", "0.5")
     looked = run_lesson(tmp_path / "inspect", capsys, "--epochs", "1", "--lr", "0.5", "--inspect")
     text = "\n".join(looked)
     train = ml.CsvDataset(DATA / "train.csv", "train")
-    assert looked[0] == f"x (16, {train.x.shape[1]}) torch.float32 on cpu; y (16, 1)"
-    assert "pred = model(x): (16, 1), requires_grad=True;" in text and "shape ()" in text
-    before, grad, after = (float(v) for v in STEP_LINES.search(text).groups())
+    n_features = train.x.shape[1]
+    assert f"x (16, {n_features}) torch.float32 on cpu, y (16, 1): 16 calls" in text
+    assert f"first Linear: W (64, {n_features}), b (64,); x @ W.T + b is (16, 64)" in text
+    out, n_in, before, grad, after = STEP_LINES.search(text).groups()
+    assert (int(out), int(n_in)) == (64, n_features)
     torch.manual_seed(0)  # main()'s initial weights for seed 0
-    reference = as_float64(ml.MLP(train.x.shape[1]))
+    reference = as_float64(ml.MLP(n_features))
     expected = grads64(reference, train.x[:16].double().numpy(), train.y[:16].double().numpy())
     for p, g in zip(reference.parameters(), expected, strict=True):
         p.grad = torch.from_numpy(g)
     w = weights(reference)[0][0, 0]
     ml.make_optimizer(reference, 0.5).step()
-    assert before == pytest.approx(w, abs=1e-6) and grad == pytest.approx(expected[0][0, 0],
-                                                                        abs=2e-6)
-    assert after == pytest.approx(weights(reference)[0][0, 0], abs=2e-6)
+    assert float(before) == pytest.approx(w, abs=1e-6)
+    assert float(grad) == pytest.approx(expected[0][0, 0], abs=2e-6)
+    assert float(after) == pytest.approx(weights(reference)[0][0, 0], abs=2e-6)
     untimed = [[re.sub(r"\| \S+s", "", line) for line in lines[-len(plain):-1]]
                for lines in (plain, looked)]  # the epoch lines, less their seconds
     assert untimed[0] == untimed[1]
     a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("plain", "inspect"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_inspect_shows_the_notes_gradient_of_a_sum_of_squares(tmp_path, capsys):
+    """Notes 二.4 by hand: for z = x.pow(2).sum(), x.grad is None before z.backward() and
+    2 * x after it."""
+    text = "\n".join(run_lesson(tmp_path, capsys, "--epochs", "1", "--inspect"))
+    x = np.array([[1.0, 0.0], [-1.0, 1.0]])
+    assert f"x = {x.tolist()}, requires_grad=True; z = x.pow(2).sum() = {(x**2).sum():g}" in text
+    assert "x.grad before z.backward(): None" in text
+    assert f"x.grad after z.backward(): {(2 * x).tolist()}, which is 2 * x" in text
+
+
+def test_inspect_takes_any_batch_size_and_a_hand_written_network(tmp_path, capsys,
+                                                                  monkeypatch):
+    """--inspect finds the first Linear of any network (the hand-written forward of notes 三.3
+    too), and a batch larger than the training rows is all of them."""
+    monkeypatch.setattr(ml, "MLP", HandWritten)
+    text = "\n".join(run_lesson(tmp_path, capsys, "--epochs", "1", "--inspect",
+                                "--batch-size", "5000"))
+    n_train = len(ml.CsvDataset(DATA / "train.csv", "train"))
+    assert f"{n_train} calls of __getitem__" in text and "W (64, 32)" in text
 
 
 def test_main_builds_the_notes_loaders_and_optimizer(tmp_path, capsys, monkeypatch):
@@ -749,3 +777,102 @@ def test_main_in_a_notebook_takes_the_defaults(monkeypatch):
     with pytest.raises(StopIteration):
         ml.main()
     assert seen == [[]]
+
+
+# --- The lesson's edges: argparse refuses a bad flag; a run reports only what it trained ---
+
+NO_SUCH_CUDA = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: never there
+
+
+@pytest.mark.parametrize("flags", [["--batch-size", "0"], ["--lr", "-1"], ["--epochs", "0"],
+                                   ["--lr", "nan"], ["--device", NO_SUCH_CUDA],
+                                   ["--device", "gpu"]], ids=" ".join)
+def test_a_bad_flag_is_argparses_error(capsys, flags):
+    """A count or a rate that must be positive, or a device this machine lacks: argparse's
+    usage line and one error line that names the flag, exit 2, no traceback."""
+    with pytest.raises(SystemExit) as stop:
+        ml.main(flags)
+    err = capsys.readouterr().err.splitlines()
+    assert stop.value.code == 2 and err[0].startswith("usage: ")
+    assert err[-1].startswith(f"{Path(sys.argv[0]).name}: error: argument {flags[0]}: ")
+
+
+@pytest.fixture
+def earlier_run(tmp_path, capsys):
+    """An --out that holds an earlier run's model.pt and predictions.csv, and their bytes."""
+    run_lesson(tmp_path, capsys, "--epochs", "1")
+    return tmp_path, {name: (tmp_path / name).read_bytes() for name in OUTPUTS}
+
+
+OUTPUTS = ("model.pt", "predictions.csv")
+
+
+def stopped_line(capsys, *flags) -> str:
+    """main(flags) must stop with exit 1 and one line on stderr (from sys.exit), which it
+    returns."""
+    with pytest.raises(SystemExit) as stop:
+        ml.main(["--device", "cpu", *flags])
+    err = capsys.readouterr().err
+    assert isinstance(stop.value.code, str) and err == "", "one line, through sys.exit"
+    return stop.value.code
+
+
+def test_a_run_with_no_finite_validation_loss_reports_nothing(earlier_run, tmp_path, capsys):
+    """--lr 1e30 makes every loss NaN: one line that names the likely causes, exit 1, no
+    predictions, and the earlier run's files byte for byte as they were. Into an empty
+    folder: the same line, and no file."""
+    out, before = earlier_run
+    line = stopped_line(capsys, "--epochs", "1", "--lr", "1e30", "--out", str(out))
+    assert "no epoch gave a finite validation loss" in line and "--lr" in line
+    assert {name: (out / name).read_bytes() for name in OUTPUTS} == before
+    empty = tmp_path / "empty"
+    assert stopped_line(capsys, "--epochs", "1", "--lr", "1e30", "--out", str(empty)) == line
+    assert not any(empty.iterdir())
+
+
+def own_data(folder, x, y):
+    """A data folder of the lesson's shape (train.csv, test.csv), made of x and y."""
+    folder.mkdir()
+    write_csv(folder / "train.csv", x, y)
+    write_csv(folder / "test.csv", x[:5], y[:5])
+    return str(folder)
+
+
+def test_a_constant_feature_column_stops_the_run_in_one_line(tmp_path, capsys, monkeypatch):
+    """A column whose std is 0 scales to NaN: no epoch can improve, so the run says so."""
+    x, y = regression(40, 3, seed=0)
+    x[:, 1] = 7.0
+    monkeypatch.setattr(ml, "DATA", own_data(tmp_path / "data", x, y))
+    line = stopped_line(capsys, "--epochs", "1", "--out", str(tmp_path / "out"))
+    assert "feature column that never changes" in line
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_targets_the_sigmoid_cannot_reach_stop_before_training(tmp_path, capsys, monkeypatch):
+    """Targets outside (0, 1): one line, before any epoch, naming minitorch_run.py."""
+    x, y = regression(40, 3, seed=0)
+    monkeypatch.setattr(ml, "DATA", own_data(tmp_path / "data", x, 100 * y))
+    line = stopped_line(capsys, "--out", str(tmp_path / "out"))
+    assert "outside (0, 1)" in line and "minitorch_run.py" in line
+    assert not (tmp_path / "out").exists()
+
+
+class Payload:
+    """A pickle whose loading runs code: unpickling it calls open(marker, "w")."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_the_lessons_load_never_runs_code_from_the_file(tmp_path, capsys, monkeypatch):
+    """The run's save writes a pickle that would run code; the lesson's own torch.load
+    (weights_only=True) refuses it, and the code never runs."""
+    marker = tmp_path / "the payload ran"
+    save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, path: save(Payload(str(marker)), path))
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        run_lesson(tmp_path / "out", capsys, "--epochs", "1")
+    assert not marker.exists(), "torch.load ran the file's code"

@@ -694,12 +694,12 @@ BAD_FLAGS = [
     (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
     (["--valid-ratio", "1"], "argument --valid-ratio: must be above 0 and below 1"),
     (["--patience", "0"], "argument --patience: must be from 1 to"),
-    (["--device", "tpu9"], "--device tpu9: unknown"),
-    (["--device", "cuda:99"], "--device cuda:99: not available on this machine"),
+    (["--device", "tpu9"], "argument --device: tpu9: no such device here"),
+    (["--device", "cuda:99"], "argument --device: cuda:99: no such device here"),
     (["--shuffle"], "unrecognized arguments: --shuffle"),
 ]
 if not torch.cuda.is_available():
-    BAD_FLAGS.append((["--device", "cuda"], "--device cuda: not available on this machine"))
+    BAD_FLAGS.append((["--device", "cuda"], "argument --device: cuda: no such device here"))
 
 
 @pytest.mark.parametrize("flags, message", BAD_FLAGS)

@@ -4,7 +4,6 @@ lesson shares (epochs, batch size, learning rate, seed, device) are the lesson's
 import argparse
 
 import numpy as np
-import torch
 
 import minitorch_loop as ml
 from minitorch_tool.errors import InputError
@@ -63,7 +62,7 @@ def parse_args(argv):
                    help="share of the training CSV held out for validation")
     p.add_argument("--patience", type=SETTINGS["patience"], default=3,
                    help="stop after this many epochs without a better validation loss")
-    p.add_argument("--device", default=LESSON.device,
+    p.add_argument("--device", type=ml.pick_device, default=LESSON.device,
                    help="auto, cpu, cuda, cuda:N or mps; auto takes a GPU when there is one")
     p.add_argument("--out", default="runs",
                    help="directory for the checkpoints, predictions, metrics and pictures")
@@ -73,16 +72,3 @@ def parse_args(argv):
     p.set_defaults(**dict.fromkeys(vars(args)))  # parsed again without defaults: what was typed
     args.typed = {name for name, value in vars(p.parse_args(argv)).items() if value is not None}
     return args
-
-
-def pick_device(name) -> torch.device:
-    """The lesson's pick_device, if it names a device this machine has."""
-    try:
-        device = ml.pick_device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name}: unknown; use auto, cpu, cuda, cuda:N or mps") from None
-    available = {"cpu": True, "mps": torch.backends.mps.is_available(),
-                 "cuda": (device.index or 0) < torch.cuda.device_count()}
-    if not available.get(device.type):
-        raise InputError(f"--device {name}: not available on this machine")
-    return torch.device("cpu") if device.type == "cpu" else device  # cpu:0 is the cpu

@@ -9,7 +9,6 @@ from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
 from minitorch_tool.errors import InputError, first_line, quoted
-from minitorch_tool.flags import pick_device
 
 
 def join_torchrun(device) -> torch.device:
@@ -35,7 +34,7 @@ def join_torchrun(device) -> torch.device:
     if device.type == "mps":  # torch.distributed's backends take CPU or CUDA tensors
         raise InputError("torchrun: Apple's MPS has no process-group backend; add --device cpu")
     if device.type == "cuda":
-        device = pick_device(f"cuda:{local_rank}")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     try:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
