@@ -4,9 +4,9 @@
     python minitorch_loop.py --inspect  # first, gradients and one training step up close
 
 Read it beside the notes, top to bottom: Step 1 the data (a Dataset, the DataLoader), Step 2
-the network, Step 3 the loss, Step 4 the optimizer, then train / validate / test, save / load,
-and main(), the run in the order of notes 六.1. It is written for the bundled data set (see
-data/README.md); minitorch_run.py, built on this file, takes your own CSV files.
+the network, Step 3 the loss, Step 4 the optimizer, then train / validate / test, save / load
+and main(), the run (notes 六). The bundled data: 6000 training and 1500 test rows of 32 raw
+features of very different scales and a target in (0, 1). Your own CSVs: minitorch_run.py.
 """
 
 import argparse
@@ -29,7 +29,8 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")  # see d
 def split_rows(n, valid_ratio, seed) -> dict:
     """The row numbers 0 .. n-1 in a random order fixed by `seed`, cut in two: {"train": ...,
     "valid": ...}. The same seed gives the same split, and no row is in both."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)  # its own: the split ignores other draws
+    order = torch.randperm(n, generator=generator)  # 0 .. n-1, shuffled
     n_valid = round(valid_ratio * n)
     return {"train": order[n_valid:], "valid": order[:n_valid]}
 
@@ -38,12 +39,12 @@ class CsvDataset(Dataset):
     """A CSV file as a Dataset: a header row, then numbers, the target in the last column.
 
     __init__ reads the file once. split="train" or "valid" keeps that part of its rows (see
-    split_rows); None keeps every row. The features are standardised with `stats`, a (mean,
-    std) pair, computed from this file's rows when None. main() passes the training rows'
-    stats to every other file: all are scaled alike, never by their own numbers.
-    labelled=False reads a file without the target column (the homework's test file)."""
+    split_rows); None keeps all. The features are standardised with `stats`, a (mean, std)
+    pair, computed from these rows when None. main() passes the training rows' stats to the
+    other files: all are scaled alike. labelled=False: a file without the target column."""
 
     def __init__(self, path, split=None, stats=None, valid_ratio=0.2, seed=0, labelled=True):
+        # ndmin=2: a file of one row is still a table (1, C), not a vector (C,)
         table = torch.from_numpy(np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2))
         if split is not None:
             table = table[split_rows(len(table), valid_ratio, seed)[split]]
@@ -66,7 +67,7 @@ def pick_device(name) -> torch.device:
     """--device as a torch.device. "auto" takes a CUDA GPU if there is one, else Apple's MPS,
     else the CPU. A device this machine lacks is argparse's error, not a crash."""
     if name == "auto":
-        mps = torch.backends.mps.is_available()
+        mps = torch.backends.mps.is_available()  # Apple's GPU
         name = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     try:
         device = torch.device(name)
@@ -83,10 +84,9 @@ def pick_device(name) -> torch.device:
 class MLP(nn.Module):
     """Linear(F -> hidden) -> ReLU -> Linear(hidden -> 1) -> Sigmoid: one number in (0, 1).
 
-    The slides' example network is Linear -> Sigmoid -> Linear, which ends in a Linear and
-    can output any number. This one ends in a Sigmoid, because the bundled targets lie in
-    (0, 1). The Linear between the ReLU and the Sigmoid can output negative numbers. Without
-    it, the Sigmoid would only see the ReLU's outputs, which are >= 0, and give [0.5, 1)."""
+    It ends in a Sigmoid because the bundled targets lie in (0, 1); the slides' example ends
+    in a Linear, which can output any number. The Linear between the ReLU (outputs >= 0) and
+    the Sigmoid can go negative, so the Sigmoid can reach all of (0, 1), not only [0.5, 1)."""
 
     def __init__(self, in_features=32, hidden=64):
         super().__init__()
@@ -145,7 +145,8 @@ def inspect_step(model, criterion, lr, dataset, batch_size, device):
     x, y = x.to(device), y.to(device)
     print(f"x {tuple(x.shape)} {x.dtype} on {x.device}, y {tuple(y.shape)}: "
           f"{len(rows)} calls of __getitem__, then default_collate")
-    linear = next(m for m in model.modules() if isinstance(m, nn.Linear))  # MLP's net[0]
+    # modules() walks the network's layers in order; next() takes the first Linear (net[0])
+    linear = next(m for m in model.modules() if isinstance(m, nn.Linear))
     w = linear.weight
     # For one row x as a column, the notes' W x + b; for a batch of rows, x @ W.T + b
     print(f"first Linear: W {tuple(w.shape)}, b {tuple(linear.bias.shape)}; "
@@ -175,7 +176,8 @@ def train(model, loader, criterion, optimizer, device) -> float:
         loss = criterion(pred, y)
         loss.backward()
         optimizer.step()
-        total += loss.detach() * len(x)  # summed on the device; .item() would wait each step
+        # detach(): the sum needs no graph. It stays on the device; .item() would wait each step
+        total += loss.detach() * len(x)
         n += len(x)
     return total.item() / n
 
@@ -215,6 +217,8 @@ def positive(kind):
 
 
 def parse_args(argv):
+    """The flags. Each type= function turns a flag's text (the default's too) into its value;
+    an ArgumentTypeError or ValueError there is argparse's usage line and error, exit 2."""
     p = argparse.ArgumentParser(description="The notes' training loop on the bundled data.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--epochs", type=positive(int), default=4,
