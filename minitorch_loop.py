@@ -22,14 +22,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")  # see data/README.md
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")  # beside this file
 
 
 # --- Step 1 (notes 一): read the data into a Dataset; a DataLoader serves it in batches ---
 def split_rows(n, valid_ratio, seed) -> dict:
     """The row numbers 0 .. n-1 in a random order fixed by `seed`, cut in two: {"train": ...,
     "valid": ...}. The same seed gives the same split, and no row is in both."""
-    generator = torch.Generator().manual_seed(seed)  # its own: the split ignores other draws
+    generator = torch.Generator().manual_seed(seed)  # its own: torch.manual_seed's draws differ
     order = torch.randperm(n, generator=generator)  # 0 .. n-1, shuffled
     n_valid = round(valid_ratio * n)
     return {"train": order[n_valid:], "valid": order[:n_valid]}
@@ -47,7 +47,7 @@ class CsvDataset(Dataset):
         # ndmin=2: a file of one row is still a table (1, C), not a vector (C,)
         table = torch.from_numpy(np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2))
         if split is not None:
-            table = table[split_rows(len(table), valid_ratio, seed)[split]]
+            table = table[split_rows(len(table), valid_ratio, seed)[split]]  # those rows
         features = table[:, :-1] if labelled else table  # (N, F) float64: all but the target
         self.stats = (features.mean(0), features.std(0)) if stats is None else stats
         mean, std = self.stats
@@ -74,10 +74,10 @@ def pick_device(name) -> torch.device:
     except RuntimeError:  # not a device's name
         device = None
     found = {"cpu": 1, "cuda": torch.cuda.device_count(), "mps": torch.backends.mps.is_available()}
-    if device is None or (device.index or 0) >= found.get(device.type, 0):
+    if device is None or (device.index or 0) >= found.get(device.type, 0):  # "cuda": index None
         raise argparse.ArgumentTypeError(f"{name}: no such device here; "
                                          "use auto, cpu, cuda, cuda:N or mps")
-    return torch.device("cpu") if device.type == "cpu" else device  # torch.load knows no cpu:0
+    return torch.device("cpu") if device.type == "cpu" else device  # map_location needs "cpu"
 
 
 # --- Step 2 (notes 三): define the network, a torch.nn.Module ---
@@ -90,7 +90,7 @@ class MLP(nn.Module):
 
     def __init__(self, in_features=32, hidden=64):
         super().__init__()
-        self.net = nn.Sequential(  # calls its layers in order, as forward() below would
+        self.net = nn.Sequential(  # calls its layers in order (see 三.3 below)
             nn.Linear(in_features, hidden),  # W (hidden, F), b (hidden,); see --inspect
             nn.ReLU(),
             nn.Linear(hidden, 1),
@@ -105,7 +105,8 @@ class MLP(nn.Module):
     #     self.relu = nn.ReLU()
     #     self.fc2 = nn.Linear(hidden, 1)
     #     self.sigmoid = nn.Sigmoid()
-    # and forward() returns self.sigmoid(self.fc2(self.relu(self.fc1(x))))
+    # and forward() returns self.sigmoid(self.fc2(self.relu(self.fc1(x)))). No comma may end
+    # those lines: `self.relu = nn.ReLU(),` makes a tuple, which cannot be called.
 
 
 # --- Step 3 (notes 四): the loss function ---
@@ -145,7 +146,7 @@ def inspect_step(model, criterion, lr, dataset, batch_size, device):
     x, y = x.to(device), y.to(device)
     print(f"x {tuple(x.shape)} {x.dtype} on {x.device}, y {tuple(y.shape)}: "
           f"{len(rows)} calls of __getitem__, then default_collate")
-    # modules() walks the network's layers in order; next() takes the first Linear (net[0])
+    # modules() yields the model, its Sequential, then each layer; next() takes the 1st Linear
     linear = next(m for m in model.modules() if isinstance(m, nn.Linear))
     w = linear.weight
     # For one row x as a column, the notes' W x + b; for a batch of rows, x @ W.T + b
@@ -154,8 +155,8 @@ def inspect_step(model, criterion, lr, dataset, batch_size, device):
     optimizer.zero_grad()
     loss = criterion(model(x), y)
     print(f"loss = criterion(model(x), y) = {loss.item():.6g}, shape {tuple(loss.shape)}")
-    print(f"W.grad before loss.backward(): {w.grad}")  # zero_grad() leaves None, not zeros
-    loss.backward()  # sets .grad of every parameter to d loss / d parameter
+    print(f"W.grad before loss.backward(): {w.grad}")  # None: no backward() yet
+    loss.backward()  # adds d loss / d parameter to each .grad (here None: it becomes that)
     before, grad = w[0, 0].item(), w.grad[0, 0].item()
     print(f"W.grad after: shape {tuple(w.grad.shape)}; W[0, 0] = {before:.6g}, "
           f"W.grad[0, 0] = {grad:.6g}")
@@ -176,7 +177,8 @@ def train(model, loader, criterion, optimizer, device) -> float:
         loss = criterion(pred, y)
         loss.backward()
         optimizer.step()
-        # detach(): the sum needs no graph. It stays on the device; .item() would wait each step
+        # detach(): the sum needs no graph. It stays on the device: .item() would wait for the
+        # GPU to finish every step
         total += loss.detach() * len(x)
         n += len(x)
     return total.item() / n
@@ -206,7 +208,6 @@ def test(model, loader, device) -> torch.Tensor:
 
 # --- 六: the whole process: set up, then epochs of training and validation, then the test ---
 def positive(kind):
-    """An argparse type: a number of `kind` (int or float) that must be above 0."""
     def parse(text):
         value = kind(text)
         if not value > 0:  # NaN is not above 0 either
@@ -221,14 +222,12 @@ def parse_args(argv):
     an ArgumentTypeError or ValueError there is argparse's usage line and error, exit 2."""
     p = argparse.ArgumentParser(description="The notes' training loop on the bundled data.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--epochs", type=positive(int), default=4,
-                   help="passes over the training rows")
+    p.add_argument("--epochs", type=positive(int), default=4, help="passes over the rows")
     p.add_argument("--batch-size", type=positive(int), default=16, help="rows per SGD step")
     p.add_argument("--lr", type=positive(float), default=0.7,
                    help="SGD's learning rate for this network (MSE through a Sigmoid has small "
                         "gradients); Adam wants about 1e-3")
-    p.add_argument("--device", type=pick_device, default="auto",
-                   help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", type=pick_device, default="auto", help="auto, cpu, cuda:N, mps")
     p.add_argument("--seed", type=int, default=0,
                    help="fixes the validation rows, the initial weights, the batch order")
     p.add_argument("--out", default="runs/lesson", help="where model.pt and predictions go")
@@ -241,6 +240,7 @@ def main(argv=()):
     """The run (六.1-六.5). main() in a notebook runs with the defaults; the command line
     passes its own flags (see the end of the file)."""
     args = parse_args(argv)  # a bad flag: argparse's usage and error, exit 2
+    torch.set_num_threads(1)  # as fast for this small a network, and busy cores cannot slow it
     torch.manual_seed(args.seed)  # the initial weights and the batch order, run after run
     device = args.device
     # Step 1: Datasets and DataLoaders. Validation rows are held out of the training file.
@@ -282,8 +282,7 @@ def main(argv=()):
 
     # The best model, loaded back. weights_only=True: a file from elsewhere cannot run code
     # while it loads. map_location puts tensors saved on a GPU where this model is.
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(ckpt)
+    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
     preds = test(model, test_loader, device)  # (N, 1)
     with open(os.path.join(args.out, "predictions.csv"), "w", newline="") as f:
         writer = csv.writer(f)
