@@ -4,6 +4,7 @@
 
 Each row times our code and a baseline in alternation, in the same process where it can,
 and reports the median of each and their ratio: the machine's noise hits both alike.
+The thread rows say whether the programs should leave torch's intra-op thread count alone.
 """
 
 import platform
@@ -58,9 +59,47 @@ def floor_epoch(model, x, y, criterion, optimizer, batch_size):
         optimizer.step()
 
 
-def epoch_times(batch_size, device):
-    """Median epoch times of train() over the tool's batched loader and over the lesson's
-    per-row DataLoader (the notes' own), beside the floor, all on the same 4800 rows."""
+def graphed_epoch(model, x, y, criterion, optimizer, batch_size):
+    """The floor's epoch with its step captured once as a CUDA graph: one launch per step
+    instead of a dozen. The graph reads fixed tensors, so each batch is copied into them;
+    batch_size must divide len(x)."""
+    static_x, static_y = x[:batch_size].clone(), y[:batch_size].clone()  # (B, F), (B, 1)
+
+    def step():
+        # grads of None: the captured backward allocates them from the graph's pool and
+        # refills them on each replay, rather than adding to the last step's
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(static_x), static_y)
+        loss.backward()
+        optimizer.step()
+
+    side = torch.cuda.Stream()  # the documented warm-up: a few eager steps off the main stream
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()  # recorded, not run
+    weight = next(model.parameters())
+    before = weight.clone()
+    graph.replay()
+    if torch.equal(before, weight):
+        raise RuntimeError("a replay of the captured step left the weights unchanged")
+
+    def epoch():
+        for rows in torch.randperm(len(x), device=x.device).view(-1, batch_size):
+            torch.index_select(x, 0, rows, out=static_x)
+            torch.index_select(y, 0, rows, out=static_y)
+            graph.replay()
+    return epoch
+
+
+def epochs(batch_size, device):
+    """Makes zero-argument epochs on the same 4800 rows, each on its own fresh model: train()
+    over the tool's batched loader ("tool") or the lesson's per-row DataLoader (the notes'
+    own, "lesson"), the floor ("floor"), and on a GPU the floor as a CUDA graph ("graph")."""
     train_csv = ROOT / "data" / "train.csv"
     data = TableDataset(train_csv, valid_ratio=0.2, seed=0)
     lesson = ml.CsvDataset(train_csv, "train", seed=0)
@@ -69,26 +108,57 @@ def epoch_times(batch_size, device):
     loaders = {"tool": make_loader(Subset(data, data.train_rows), batch_size, shuffle=True),
                "lesson": DataLoader(lesson, batch_size, shuffle=True)}
 
-    def contender(name):
+    def epoch(name):
         torch.manual_seed(0)
         model = ml.MLP(data.x.shape[1]).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0)
         if name == "floor":
             return lambda: floor_epoch(model, x, y, criterion, optimizer, batch_size)
+        if name == "graph":
+            return graphed_epoch(model, x, y, criterion, optimizer, batch_size)
         return lambda: ml.train(model, loaders[name], criterion, optimizer, device)
-
-    return side_by_side({name: contender(name) for name in (*loaders, "floor")}, device)
+    return epoch
 
 
 def loop_rows(device):
     rows = []
     for batch_size in (16, 256):
-        times = epoch_times(batch_size, device)
+        epoch = epochs(batch_size, device)
+        graph = ("graph",) if device.type == "cuda" and batch_size == 16 else ()
+        times = side_by_side({name: epoch(name) for name in ("tool", "lesson", "floor", *graph)},
+                             device)
         where = f"4800 rows, batch {batch_size}, {device.type}"
         rows.append((f"tool: `train` epoch, batched loader ({where}), s", times["tool"],
                      "in-memory floor", times["floor"]))
         rows.append((f"lesson: `train` epoch, per-row DataLoader ({where}), s",
                      times["lesson"], "in-memory floor", times["floor"]))
+        if graph:
+            rows.append((f"cuda-graph step epoch, data on the device ({where}), s",
+                         times["graph"], "in-memory floor", times["floor"]))
+    return rows
+
+
+def at_threads(count, fn):
+    """fn run at `count` intra-op threads: the count is the process's, so each sets its own."""
+    def run():
+        torch.set_num_threads(count)
+        fn()
+    return run
+
+
+def thread_rows(default):
+    """The tool's epoch on the CPU at one thread against torch's default count, `default`."""
+    cpu, rows = torch.device("cpu"), []
+    try:
+        for batch_size in (16, 256):
+            epoch = epochs(batch_size, cpu)
+            times = side_by_side({count: at_threads(count, epoch("tool"))
+                                  for count in (1, default)}, cpu)
+            where = f"4800 rows, batch {batch_size}, cpu"
+            rows.append((f"tool: `train` epoch at 1 thread ({where}), s", times[1],
+                         f"torch's default, {default} threads", times[default]))
+    finally:
+        torch.set_num_threads(default)
     return rows
 
 
@@ -155,12 +225,13 @@ def main():
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
                platform.processor())
-    print(f"{cpu}, {torch.get_num_threads()} threads; Python {platform.python_version()}, "
+    threads = torch.get_num_threads()
+    print(f"{cpu}, {threads} threads; Python {platform.python_version()}, "
           f"torch {torch.__version__}" + (f"; {torch.cuda.get_device_name()}"
                                           if torch.cuda.is_available() else ""))
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [row for d in devices for row in loop_rows(d)]
+        rows = [row for d in devices for row in loop_rows(d)] + thread_rows(threads)
         rows += csv_rows(Path(tmp)) + wall_rows(Path(tmp))
     print("\n| measured | ours | baseline | baseline's | ours / baseline | ours - baseline |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -2,133 +2,156 @@
 
     python minitorch_run.py --train my_train.csv --test my_test.csv   # --help: every flag
 
-The network, the loss, the optimizer and the train / evaluate / test steps are the lesson's
-own: an edit there reaches this program too. What a real run adds lives in minitorch_tool/,
-one room per concern: checked CSVs with ids and any target range (csvs, scaling), crash-safe
-checked checkpoints and resume (checkpoints), one run at a time per --out and the files it
-writes (outputs, pictures), torchrun, and a loader that fetches whole batches (speed).
+main() below is the lesson's main() with what a real run adds; the network, the loss, the
+optimizer and the train / evaluate / test steps are the lesson's own, so an edit there reaches
+this program too. minitorch_tool/ holds one room per concern: flags, csvs (checked files),
+scaling (any target range), checkpoints (their format), outputs (the run's files in --out),
+pictures, torchrun, speed (a loader that fetches whole batches) and errors (one line).
 """
 
-import os
-import signal
 import sys
 
-if __name__ == "__main__":  # a stop while torch loads, before main() is up: one line, exit
-    def stopped_while_starting(signum, frame):
-        print("interrupted while starting: nothing was written", file=sys.stderr)
-        os._exit(128 + signum)
+from minitorch_tool import errors  # no torch: a stop while torch loads is one line already
 
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), stopped_while_starting)
+if __name__ == "__main__":
+    errors.catch_stop_signals()
 
+import copy
 import math
-import shlex
+import os
 import time
 
 import torch
 from torch.utils.data import Subset
 
 import minitorch_loop as ml
-from minitorch_tool import checkpoints, torchrun
+from minitorch_tool import checkpoints, flags, pictures, torchrun
 from minitorch_tool.csvs import TableDataset
-from minitorch_tool.errors import InputError, one_line_errors
-from minitorch_tool.flags import parse_args
-from minitorch_tool.outputs import Out, draw_pictures, first_non_finite, progress_bar, report
-from minitorch_tool.scaling import check_float32_range
-from minitorch_tool.speed import make_loader
+from minitorch_tool.errors import InputError
+from minitorch_tool.outputs import Out, results
+from minitorch_tool.speed import make_loader, progress_bar
 
 
 def main(argv=()):
     """The run: the lesson's set-up (notes 六.1) on checked files, epochs, the test. main() in
     a notebook runs with the defaults; the command line passes its own flags."""
     argv, out = list(argv), None
-    with one_line_errors(lambda: interrupted(argv, out)) as cleanup:
-        args = parse_args(argv)
-        out = Out(args.out)  # what this run writes there, it knows in memory
-        stopped = checkpoints.load_stopped_run(args)  # with --resume: the stopped run, checked
-        torch.manual_seed(args.seed)  # the initial weights, the batch order (or: resumed)
-        device = torchrun.join_torchrun(args.device)  # torchrun: GPU LOCAL_RANK
-        data = TableDataset(args.train, valid_ratio=args.valid_ratio, seed=args.seed)
+    with errors.one_line_errors(lambda: out and ending(out, argv)) as cleanup:
+        args = flags.parse_args(argv)
+        stopped = args.resume and checkpoints.load_stopped_run(args.resume)  # checked in full
+        settings = flags.settings(args, stopped)  # the flags', or the stopped run's
+        torch.manual_seed(settings["seed"])  # the initial weights and the batch order
+        torch.set_num_threads(1)  # as the lesson: no slower here, and never slowed by load
+        device = torchrun.join(args.device, cleanup)  # under torchrun: GPU LOCAL_RANK
+        # Step 1: the checked CSVs as Datasets; the validation rows held out of the training file
+        data = TableDataset(args.train, valid_ratio=settings["valid_ratio"], seed=settings["seed"])
         train_set, valid_set = Subset(data, data.train_rows), Subset(data, data.valid_rows)
         test_set = TableDataset(args.test, stats=data.stats)  # read now: a bad file stops early
-        check_float32_range((data, args.train), (test_set, args.test))
-        sampler = torchrun.this_ranks_share(train_set, args.seed)  # None unless torchrun
-        loaders = (make_loader(train_set, args.batch_size, shuffle=True, sampler=sampler),
-                   make_loader(valid_set, args.batch_size, shuffle=False))
+        sampler = torchrun.this_ranks_share(train_set, settings["seed"])  # None unless torchrun
+        loaders = (make_loader(train_set, settings["batch_size"], shuffle=True, sampler=sampler),
+                   make_loader(valid_set, settings["batch_size"], shuffle=False))
+        # Steps 2-4: the lesson's network, loss and optimizer
         model = ml.MLP(data.x.shape[1]).to(device)
         criterion = ml.make_criterion()
-        optimizer = ml.make_optimizer(model, args.lr)
-        run = checkpoints.new_or_resumed_run(stopped, model, optimizer, data, device, args, out,
-                                             cleanup)
-        fit(model, loaders, criterion, optimizer, device, data.stats, args, run, out)
-        if torchrun.writes_files():  # rank 0: the best model, loaded back from disk
-            model, _ = checkpoints.load_model(os.path.join(out.path, "model.safetensors"),
-                                              device)
-            preds = ml.test(model, make_loader(test_set, args.batch_size, shuffle=False), device)
-            report(out, preds, test_set, data.y[data.train_rows], run)
-            draw_pictures(out, run, model, valid_set, test_set, preds, device)
+        optimizer = ml.make_optimizer(model, settings["lr"])
+        run = {"epoch": 0, "history": [], "best_epoch": 0, "best_loss": math.inf, "best": None,
+               **(stopped or {}), "settings": settings, "data": checkpoints.fingerprint(data)}
+        if stopped:  # where the stopped run was, to the bit
+            checkpoints.check_same_data(stopped, data, args.resume, args.train)
+            model.load_state_dict(stopped["model"])
+            optimizer.load_state_dict(stopped["optimizer"])
+            for group in optimizer.param_groups:  # load_state_dict brought the old lr back
+                group["lr"] = settings["lr"]
+            torch.set_rng_state(stopped["rng"])  # the batch order of the epochs to come
+            print(f"resuming {args.resume} after epoch {stopped['epoch']}")
+        out = Out(args.out, cleanup, device)  # the last check; from here on, files are written
+        print(f"{len(train_set)} training rows, {len(valid_set)} validation rows, "
+              f"{data.x.shape[1]} features; device {device}")
+        fit(model, loaders, criterion, optimizer, device, data.stats, run, out, args.train)
+        if torchrun.writes_files():  # rank 0: the best model, loaded back, predicts
+            model, _ = checkpoints.load_model(os.path.join(out.path, "model.safetensors"), device)
+            preds = predict(model, test_set, device, args.test)
+            files, line = results(test_set, preds, run, data.y[data.train_rows])
+            valid_preds = predict(model, valid_set, device, args.train)
+            files |= pictures.pngs(run["history"], run["best_epoch"], data.stats, [
+                (data.y[data.valid_rows], valid_preds), (test_set.y, preds)])
+            out.write(files)  # all four, or (a full disk, say) none of them
+            print(line)
 
 
-def fit(model, loaders, criterion, optimizer, device, stats, args, run, out):
-    """Train and validate until args.epochs, or args.patience epochs without a better model."""
+def fit(model, loaders, criterion, optimizer, device, stats, run, out, path):
+    """Train and validate until the run's epochs, or `patience` epochs without a better model.
+    After each epoch, last.safetensors, and model.safetensors when the model is better or
+    this --out has none of this run (a resume into a new --out)."""
     train_loader, valid_loader = loaders
     ddp_model = torchrun.ddp_wrapped(model)  # under torchrun, steps in step with other ranks
-    for epoch in range(run["epoch"] + 1, args.epochs + 1):  # run["epoch"]: 0, or resumed
+    epochs, patience = run["settings"]["epochs"], run["settings"]["patience"]
+    if run["epoch"] - run["best_epoch"] >= patience:
+        print(f"it had stopped early, {patience} epochs after its best: see --patience")
+        epochs = run["epoch"]
+    if run["epoch"] >= epochs:  # a resume with no epoch to train: --out gets its files too
+        out.write(checkpoints.epoch_files(run, model, optimizer, stats, with_model=True))
+    for epoch in range(run["epoch"] + 1, epochs + 1):
         start = time.perf_counter()
         torchrun.reshuffle_shares(train_loader, epoch)
         train_loss = ml.train(ddp_model, progress_bar(train_loader), criterion, optimizer,
                               device)
         valid_loss = ml.evaluate(model, valid_loader, criterion, device)  # what ddp wraps
-        losses = torchrun.mean_over_ranks([train_loss, valid_loss], device)
-        losses = stats.mse_in_target_units(losses)  # an MSE of y' -> of y
-        check_finite(epoch, losses, model, valid_loader, device, args)  # else stop, save nothing
-        improved = checkpoints.end_epoch(run, epoch, model, optimizer, stats, losses, out)
+        losses = stats.mse_in_target_units(torchrun.mean_over_ranks([train_loss, valid_loss],
+                                                                    device))  # of y' -> of y
+        check_finite(epoch, losses, model, valid_loader.dataset, device, stats, run, path)
+        run["history"].append({"epoch": epoch, "train_loss": losses[0], "valid_loss": losses[1]})
+        improved = losses[1] < run["best_loss"]  # validation picks the model, never the test set
+        if improved:  # a copy: a state_dict holds the live tensors, which training changes
+            run.update(best_loss=losses[1], best_epoch=epoch, best=copy.deepcopy(
+                model.state_dict()))
+        run["epoch"] = epoch
+        out.write(checkpoints.epoch_files(run, model, optimizer, stats, with_model=(
+            improved or "model.safetensors" not in out.written)))
         print(f"epoch {epoch:3d} | train {losses[0]:.5g} | valid {losses[1]:.5g} | "
               f"{time.perf_counter() - start:.2f}s{' *' if improved else ''}")
-        if epoch - run["best_epoch"] >= args.patience:
-            print(f"no better valid loss for {args.patience} epochs: stopping early")
+        if epoch - run["best_epoch"] >= patience:
+            print(f"no better valid loss for {patience} epochs: stopping early")
             break
 
 
-def check_finite(epoch, losses, model, valid_loader, device, args):
-    """A loss of inf or NaN stops the run before it saves anything, so --out keeps the last
-    finite epoch (or the files of before). A validation loss alone: a validation row whose
-    features lie so far out that the model's output overflows float32, named. Else the run
-    diverged. (A target whose squared error float32 cannot hold is refused before training.)"""
-    train_loss, valid_loss = losses
-    if math.isfinite(train_loss) and not math.isfinite(valid_loss):
-        i = first_non_finite(ml.test(model, valid_loader, device))
-        if i is not None:
-            raise InputError(f"{args.train}: data row {int(valid_loader.dataset.indices[i]) + 1}"
-                             ", a validation row: the model's output for it is not a finite "
-                             "number (its features lie too far from the training rows' for "
-                             "float32); drop or fix the row")
-    if not (math.isfinite(train_loss) and math.isfinite(valid_loss)):
-        raise InputError(f"epoch {epoch}: the loss is {train_loss:g} (train), {valid_loss:g} "
-                         f"(valid): the run diverged; lower --lr (now {args.lr:g}), or look for "
-                         f"a feature whose values are far larger than the others'")
+def check_finite(epoch, losses, model, valid_set, device, stats, run, path):
+    """A loss of inf or NaN stops the run before this epoch saves anything. A validation loss
+    alone: the validation row whose prediction or squared error overflows float32, named.
+    Else the run diverged."""
+    if all(map(math.isfinite, losses)):
+        return
+    if math.isfinite(losses[0]):
+        preds = predict(model, valid_set, device, path)  # names a row it cannot predict
+        targets = valid_set.dataset.y[valid_set.indices]
+        i = int((preds.double() - targets.double()).square().argmax())
+        raise InputError(f"{path}: data row {int(valid_set.indices[i]) + 1}, a validation row, "
+                         f"has target {stats.in_target_units(targets[i]).item():g}, so far from "
+                         "the training rows' targets that its squared error overflows float32")
+    raise InputError(f"epoch {epoch}: the loss is {losses[0]:g} (train), {losses[1]:g} (valid): "
+                     f"the run diverged; lower --lr (now {run['settings']['lr']:g})")
 
 
-def interrupted(argv, out) -> str:
-    """What a stopped run leaves, from what it knows it wrote: nothing, or files that are each
-    whole, and, once a last.safetensors of this run is among them, how to go on."""
-    if out is None or not out.written:
-        where = "--out" if out is None else out.path
-        return f"interrupted before an epoch ended: {where} is as it was"
-    wrote = ", ".join(f"{name} ({holds})" if holds else name for name, holds in out.written.items())
-    line = f"interrupted: this run wrote {wrote} in {out.path}"
+def predict(model, dataset, device, path) -> torch.Tensor:
+    """The model's predictions (N, 1) for `dataset` (a TableDataset, or a Subset of one's
+    rows), or one line naming the first row whose prediction is not a finite number."""
+    preds = ml.test(model, make_loader(dataset, 1024, shuffle=False), device)
+    bad = (~torch.isfinite(preds[:, 0])).nonzero()
+    if len(bad):
+        row = int(getattr(dataset, "indices", range(len(preds)))[int(bad[0])]) + 1
+        raise InputError(f"{path}: data row {row}: the model's prediction for it is not a "
+                         "finite number (its features lie too far from the training rows')")
+    return preds
+
+
+def ending(out, argv) -> str:
+    """What --out holds when the run stops now, and, once this run wrote last.safetensors
+    there, the command that goes on with it."""
     if "last.safetensors" not in out.written:
-        return line
+        return out.summary()
     last = os.path.join(out.path, "last.safetensors")
-    flags = [a for a, prev in zip(argv, [None, *argv], strict=False)
-             if "--resume" not in (prev, a.split("=")[0])]  # drop an old --resume X
-    command = shlex.join(["python", "minitorch_run.py", *flags, "--resume", last])
-    return f"{line}; go on with: {command}"
+    return f"{out.summary()}; go on with: {flags.resume_command(argv, last)}"
 
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # the run has ended: a late signal ends the
-        if hasattr(signal, name):  # process as it would any other, with nothing to report
-            signal.signal(getattr(signal, name), signal.SIG_DFL)

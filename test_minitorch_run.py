@@ -1,7 +1,9 @@
 """The guarantees of minitorch_run.py, the lesson's loop for real files: CSVs read as they
-come and checked, any target range, a loader that fetches whole batches, the whole run end to
-end, bad input refused in one line, checkpoints that survive crashes, exact resume, torchrun.
-The lesson's own rules are tested in test_minitorch_loop.py.
+come and checked, any target range, a loader that fetches whole batches, the whole run end
+to end, bad input refused in one line, checkpoints that survive crashes and hostile files,
+exact resume, an honest --out however a run ends, torchrun. The lesson's own rules, and what
+the tool shares with it (CsvDataset's items, the loop steps), are tested in
+test_minitorch_loop.py.
 
 Each test states one guarantee in its name and docstring, and checks it against an independent
 computation (by hand, in float64 NumPy), never against the code under test.
@@ -9,7 +11,6 @@ computation (by hand, in float64 NumPy), never against the code under test.
     make test        # both files; or: .venv/bin/python -m pytest -q test_minitorch_run.py
 """
 
-import ast
 import contextlib
 import csv
 import io
@@ -37,11 +38,10 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, Subset
-from torch.utils.data.distributed import DistributedSampler
 
 import minitorch_loop as ml  # not `from ... import test`: pytest would collect it as a test
 import minitorch_run as mr
-from minitorch_tool import checkpoints, errors, outputs, speed, torchrun
+from minitorch_tool import checkpoints, errors, outputs, pictures, speed, torchrun
 from minitorch_tool.csvs import TableDataset
 from minitorch_tool.errors import InputError
 from minitorch_tool.scaling import Scaling
@@ -63,6 +63,9 @@ from test_minitorch_loop import (
     standardised,
     write_csv,
 )
+
+ROOT = Path(mr.__file__).parent
+NAMES = list(ml.MLP(3).state_dict())  # the lesson's parameter names: net.0.weight, ... today
 
 
 def posix_only(what):
@@ -94,9 +97,17 @@ def weights_of(tensors, prefix="model."):
     return {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
 
 
+@contextlib.contextmanager
+def an_out(folder):
+    """An outputs.Out on `folder`, locked while the block runs, as a run holds it."""
+    with contextlib.ExitStack() as cleanup:
+        yield outputs.Out(str(folder), cleanup, "cpu")
+
+
 def save_model(model, stats, folder):
     """model.safetensors of `model` and its scaling, in `folder`; returns its path."""
-    checkpoints.save_model(outputs.Out(str(folder)), model.state_dict(), stats, "")
+    with an_out(folder) as out:
+        out.write({"model.safetensors": (checkpoints.model_file(model.state_dict(), stats), "")})
     return folder / "model.safetensors"
 
 
@@ -107,25 +118,13 @@ def scaled_by_hand(y, fit_rows=slice(None)):
     return (y - (low - 0.05 * span)) / span, span
 
 
-# --- 一 Step 1: Dataset and DataLoader ---
-
-def test_dataset_items_and_batches_have_the_notes_shapes(tmp_path):
-    """An item is x (F,) and y (1,); a batch is (B, F) and (B, 1), as is the model's output."""
-    x, y = regression(10, 3, seed=0)
-    dataset = TableDataset(write_csv(tmp_path / "d.csv", x, y))
-    item_x, item_y = dataset[0]
-    assert len(dataset) == 10 and item_x.shape == (3,) and item_y.shape == (1,)
-    assert item_x.dtype == item_y.dtype == torch.float32
-    batch_x, batch_y = next(iter(speed.make_loader(dataset, batch_size=4, shuffle=False)))
-    assert batch_x.shape == (4, 3) and batch_y.shape == (4, 1)
-    assert ml.MLP(in_features=3)(batch_x).shape == batch_y.shape, "MSELoss would broadcast"
-
+# --- 一 Step 1: TableDataset (the lesson's CsvDataset for real files) and the batched loader ---
 
 @given(n=st.integers(4, 60), n_features=n_features, valid_ratio=st.floats(0, 0.5), seed=seeds)
-def test_features_are_standardised_with_the_training_rows_only(scratch, n, n_features,
-                                                               valid_ratio, seed):
-    """The features' mean and std, and the target's range, come from the training split;
-    every row is scaled with them."""
+def test_features_and_target_are_scaled_with_the_training_rows_only(scratch, n, n_features,
+                                                                    valid_ratio, seed):
+    """The split is the lesson's split_rows; the features' mean and std, and the target's
+    range, come from its training rows; every row is scaled with them."""
     x, y = regression(n, n_features, seed, scale=1000)
     path = write_csv(scratch / "d.csv", x, y)
     n_valid = round(valid_ratio * n)
@@ -134,37 +133,23 @@ def test_features_are_standardised_with_the_training_rows_only(scratch, n, n_fea
             TableDataset(path, valid_ratio=valid_ratio, seed=seed)
         return
     dataset = TableDataset(path, valid_ratio=valid_ratio, seed=seed)
-    train_rows, valid_rows = dataset.train_rows.tolist(), dataset.valid_rows.tolist()
-    assert len(valid_rows) == round(valid_ratio * n)
-    assert sorted(train_rows + valid_rows) == list(range(n)), "a split, not a resample"
+    split = ml.split_rows(n, valid_ratio, seed)
+    assert torch.equal(dataset.train_rows, split["train"])
+    assert torch.equal(dataset.valid_rows, split["valid"])
+    train_rows = split["train"].numpy()
     close(dataset.x.numpy(), standardised(x, train_rows))
     close(dataset.y.numpy()[:, 0], scaled_by_hand(y, train_rows)[0])
 
 
-def test_every_column_but_the_target_is_a_feature(tmp_path):
-    """All feature columns reach the model, standardised, whatever their number (here 12)."""
-    x, y = regression(30, 12, seed=3)
-    dataset = TableDataset(write_csv(tmp_path / "d.csv", x, y))
-    close(dataset.x.numpy(), standardised(x))
-
-
-def test_unlabelled_file_yields_features_only(tmp_path):
-    """A test CSV with the training file's F feature columns and no target gives (x,) items."""
-    x, y = regression(20, 3, seed=2)
-    train = TableDataset(write_csv(tmp_path / "train.csv", x, y))
-    unlabelled = TableDataset(write_csv(tmp_path / "test.csv", x[:5]), stats=train.stats)
-    assert unlabelled.y is None and len(unlabelled[0]) == 1 and unlabelled[0][0].shape == (3,)
-    np.testing.assert_allclose(unlabelled.x.numpy(), train.x[:5].numpy())
-
-
 @pytest.mark.parametrize("labelled", [True, False])
 def test_a_test_file_of_one_row_is_read(tmp_path, labelled):
-    """The rule "at least 2 rows to train on" is the training file's; a test file may hold one."""
+    """The rule "at least 2 rows to train on" is the training file's; a test file may hold one,
+    with its target or without."""
     x, y = regression(20, 3, seed=2)
     train = TableDataset(write_csv(tmp_path / "train.csv", x, y))
     one = TableDataset(write_csv(tmp_path / "one.csv", x[:1], y[:1] if labelled else None),
-                        stats=train.stats)
-    assert len(one) == 1
+                       stats=train.stats)
+    assert len(one) == 1 and (one.y is None) != labelled
     np.testing.assert_allclose(one.x.numpy(), train.x[:1].numpy())
 
 
@@ -172,15 +157,15 @@ def test_a_test_file_of_one_row_is_read(tmp_path, labelled):
 def test_the_batched_loader_yields_the_notes_dataloaders_batches(scratch, n, batch_size,
                                                                  shuffle):
     """make_loader serves the batches of the notes' DataLoader(dataset, batch_size, shuffle):
-    the same sizes, a short last one included; unshuffled the very same batches, shuffled
-    every row once per epoch, in a new order each epoch."""
+    the same sizes and shapes, a short last one included; unshuffled the very same batches,
+    shuffled every row once per epoch, in a new order each epoch."""
     dataset = indexed_dataset(scratch, max(n, 50) if shuffle else n, 3)
     loader = speed.make_loader(dataset, batch_size, shuffle)
     notes = list(DataLoader(dataset, batch_size, shuffle))
     epochs = [list(loader) for _ in range(2)]
     for batches in epochs:
-        assert [len(x) for x, _ in batches] == [len(x) for x, _ in notes] and len(loader) == len(
-            notes)
+        assert [(x.shape, y.shape) for x, y in batches] == [(x.shape, y.shape) for x, y in notes]
+        assert len(loader) == len(notes)
         rows = [int(i) for x, y in batches for i in x[:, 0]]
         assert sorted(rows) == list(range(len(dataset)))
         if not shuffle:
@@ -197,15 +182,11 @@ class CountingDataset(Counting, TableDataset):
 @example(n=5, batch_size=5)  # the notes: DataLoader(dataset, batch_size=5) calls getitem 5 times
 @given(n=rows, batch_size=batch_sizes)
 def test_the_batched_loader_calls_getitem_once_per_batch(scratch, n, batch_size):
-    """The notes' DataLoader calls __getitem__(0) ... __getitem__(n-1), once per row; ours
-    (make_loader) once per batch, with the batch's indices."""
+    """The notes' DataLoader calls __getitem__ once per row; ours (make_loader) once per
+    batch, with the batch's row indices."""
     x = np.arange(2 * n, dtype=float).reshape(n, 2)
     dataset = CountingDataset(write_csv(scratch / "count.csv", x, np.zeros(n)),
                               stats=Scaling(torch.zeros(2), torch.ones(2)))
-    dataset.calls = []
-    for _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        pass
-    assert dataset.calls == list(range(n))
     dataset.calls = []
     for _ in speed.make_loader(dataset, batch_size, shuffle=False):
         pass
@@ -213,21 +194,58 @@ def test_the_batched_loader_calls_getitem_once_per_batch(scratch, n, batch_size)
     assert torch.cat(dataset.calls).tolist() == list(range(n))
 
 
-@given(n=rows, batch_size=batch_sizes, n_features=n_features, seed=seeds)
-def test_predictions_have_exactly_the_targets_shape(scratch, n, batch_size, n_features, seed):
-    """test() returns (N, 1), the targets' shape: the loss compares row with row."""
-    x, y = regression(n, n_features, seed)
-    dataset = TableDataset(write_csv(scratch / "d.csv", x, y))
-    loader = speed.make_loader(dataset, batch_size, shuffle=False)
-    assert ml.test(ml.MLP(n_features), loader, "cpu").shape == dataset.y.shape == (n, 1)
+@given(n=rows, batch_size=batch_sizes, drop_last=st.booleans())
+def test_the_batch_sampler_yields_as_many_batches_as_its_len(n, batch_size, drop_last):
+    """TensorBatchSampler: len() and what it yields agree, drop_last or not."""
+    sampler = speed.TensorBatchSampler(range(n), batch_size, drop_last)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == (n // batch_size if drop_last else -(-n // batch_size))
 
 
-# --- Devices and checkpoints ---
+def test_real_exports_read_like_plain_files(tmp_path):
+    """A UTF-8 BOM, CRLF line ends, quoted numbers and trailing blank lines change nothing."""
+    plain = tmp_path / "plain.csv"
+    plain.write_bytes(b"a,b,y\n1,2,0.5\n3,4,0.25\n5,6,1\n")
+    export = tmp_path / "export.csv"
+    export.write_bytes(b'\xef\xbb\xbf"a","b","y"\r\n"1",2,0.5\r\n3,"4",0.25\r\n5,6,"1"\r\n\r\n\r\n')
+    a, b = TableDataset(plain), TableDataset(export)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+
+
+@posix_only("os.mkfifo")
+def test_a_csv_from_a_pipe_is_read_whole_as_from_the_disk(tmp_path):
+    """A named pipe, as --train <(zcat train.csv.gz) gives, can be read once: every row of a
+    file larger than one read buffer arrives, and old Mac line ends (\\r only) read as from the
+    disk."""
+    x, y = regression(3000, 4, seed=0)
+    text = write_csv(tmp_path / "plain.csv", x, y).read_bytes()
+    text = text.replace(b"\r\n", b"\n").replace(b"\n", b"\r")
+    (tmp_path / "cr.csv").write_bytes(text)
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(text))
+    writer.start()
+    piped = TableDataset(fifo)
+    writer.join()
+    assert torch.equal(piped.x, TableDataset(tmp_path / "cr.csv").x) and len(piped) == 3000
+    assert torch.equal(piped.x, TableDataset(tmp_path / "plain.csv").x)
+
+
+def test_a_constant_column_standardises_to_zero(tmp_path):
+    """A feature with no spread gets std 1 (not 0: no division by zero), so it reads 0."""
+    x, y = regression(20, 3, seed=1)
+    x[:, 1] = 7.0
+    data = TableDataset(write_csv(tmp_path / "c.csv", x, y))
+    assert data.stats.std[1] == 1 and torch.equal(data.x[:, 1], torch.zeros(20))
+    close(data.x[:, 0].numpy(), (x[:, 0] - x[:, 0].mean()) / x[:, 0].std(ddof=1))
+
+
+# --- 六.5 Checkpoints: the format, saved and loaded ---
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_checkpoint_saved_on_any_device_loads_on_the_cpu(tmp_path, device):
-    """load_model(path, "cpu") reads weights saved from a GPU: map_location moves them. The
-    scaling's float64 statistics stay on the CPU (MPS has no float64)."""
+    """load_model(path, "cpu") reads weights saved from a GPU. The scaling's float64
+    statistics stay on the CPU (MPS has no float64)."""
     model = ml.MLP(3).to(device)
     stats = Scaling(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64),
                     0.0, 1.0, "y", ["a", "b", "c"])
@@ -236,11 +254,9 @@ def test_a_checkpoint_saved_on_any_device_loads_on_the_cpu(tmp_path, device):
         assert read.device.type == "cpu" and torch.equal(read, saved.cpu())
 
 
-# --- 六.5 Save and load ---
-
 def test_save_then_load_gives_identical_predictions(tmp_path):
-    """A model saved with save_model and read back by load_model predicts the same bits, and
-    brings back the scaling it was trained with."""
+    """A model saved in model.safetensors and read back by load_model predicts the same bits,
+    and brings back the scaling it was trained with."""
     x, y = regression(30, 5, seed=4)
     dataset = TableDataset(write_csv(tmp_path / "d.csv", x, y))
     model = ml.MLP(in_features=5)
@@ -250,15 +266,6 @@ def test_save_then_load_gives_identical_predictions(tmp_path):
     assert torch.equal(stats.mean, dataset.stats.mean) and torch.equal(stats.std,
                                                                         dataset.stats.std)
     assert stats[2:] == dataset.stats[2:] and stats.target_name == "y"
-
-
-def test_a_torch_save_checkpoint_is_refused_unread(tmp_path):
-    """A .pt of torch.save (an earlier version's checkpoint, or anyone's pickle) is never
-    unpickled: one line that says what it is."""
-    torch.save({"model": ml.MLP(3).state_dict()}, tmp_path / "model.pt")
-    with pytest.raises(InputError, match="a checkpoint of an earlier version .torch.save.; this "
-                                         "one reads .safetensors files only"):
-        checkpoints.load_model(tmp_path / "model.pt")
 
 
 # --- 六 main(): the whole run, end to end, on users' own files ---
@@ -313,10 +320,27 @@ def test_main_writes_one_prediction_per_test_row_in_order(tmp_path):
     check_predictions_come_from_model_pt(out, x, y, valid_ratio=0.25)
 
 
-def test_main_predicts_an_unlabelled_test_file(tmp_path):
-    """A test CSV without the target column: predictions for every row, and test_mse null."""
+def test_main_predicts_an_unlabelled_test_file(tmp_path, capsys):
+    """A test CSV without the target column: predictions for every row, test_mse null, and a
+    line that says why there is no test MSE."""
     out, _, _ = run_main(tmp_path, 4, False, "--epochs", "2")
     assert len(read_predictions(out)) == 100 and metrics(out)["test_mse"] is None
+    assert "100 predictions, no test MSE: the test CSV has no target column" in (
+        capsys.readouterr().out)
+
+
+def test_a_last_column_of_another_name_is_never_scored(tmp_path, capsys):
+    """A test file whose column after the features is not the training target (an id written
+    last) is predicted without a test MSE, and a line says why: it is never scored."""
+    x, y = regression(200, 3, seed=8)
+    train = write_csv(tmp_path / "t.csv", x[:150], y[:150])
+    test = tmp_path / "u.csv"
+    with open(test, "w", newline="") as f:
+        csv.writer(f).writerows([["f0", "f1", "f2", "id"],
+                                 *np.column_stack([x[150:], 1000 + np.arange(50)]).tolist()])
+    out = main_on(tmp_path / "out", train, test)
+    assert metrics(out)["test_mse"] is None and len(read_predictions(out)) == 50
+    assert "no test MSE: its last column, 'id', is not the target 'y'" in capsys.readouterr().out
 
 
 def test_raw_features_in_the_thousands_train_sensibly(tmp_path):
@@ -328,7 +352,7 @@ def test_raw_features_in_the_thousands_train_sensibly(tmp_path):
 
 
 def main_on(out, train, test, *flags):
-    """main() on two CSV files (paths or (header, rows) to write first); returns --out."""
+    """main() on two CSV files; returns --out."""
     mr.main(["--train", str(train), "--test", str(test), "--out", str(out), "--device", "cpu",
              "--epochs", "3", "--patience", "9", *flags])
     return out
@@ -356,8 +380,7 @@ def test_any_target_range_trains_the_same(tmp_path_factory, a, b):
 def test_the_target_scale_comes_from_the_training_rows_only(tmp_path):
     """Other targets in the validation rows and in the test file change no weight."""
     x, y = regression(200, 3, seed=3)
-    valid_rows = TableDataset(write_csv(tmp_path / "a.csv", x[:150], y[:150]),
-                               valid_ratio=0.2).valid_rows.numpy()
+    valid_rows = ml.split_rows(150, 0.2, 0)["valid"].numpy()
     edited = y.copy()
     edited[valid_rows] = 100 * edited[valid_rows] - 7  # far outside the training range
     edited[150:] *= -50
@@ -379,9 +402,10 @@ def write_with_ids(path, ids, x, y=None):
 
 
 def test_an_id_column_is_never_a_feature(tmp_path):
-    """A first column named id: other ids give the same predictions, and predictions.csv
-    gives back the test file's ids, in order."""
-    x, y = regression(200, 3, seed=4)
+    """A first column named id: the other columns, all of them, are the features (the same
+    predictions whatever the ids), and predictions.csv gives back the test file's ids, in
+    order."""
+    x, y = regression(200, 12, seed=4)
     rng = np.random.default_rng(0)
     predictions = []
     for name, ids in (("ordered", np.arange(200)), ("shuffled", rng.permutation(200) * 7 + 3)):
@@ -391,6 +415,7 @@ def test_an_id_column_is_never_a_feature(tmp_path):
         predictions.append(read_predictions(out))
         np.testing.assert_array_equal(predictions[-1][:, 0], ids[150:])
     np.testing.assert_array_equal(predictions[0][:, 1], predictions[1][:, 1])
+    assert len(checkpoints.load_model(out / "model.safetensors")[1].mean) == 12
 
 
 def test_ids_come_back_as_written(tmp_path):
@@ -429,17 +454,6 @@ def test_a_test_target_far_beyond_the_training_range_still_reports(tmp_path):
     out = main_on(tmp_path / "out", write_csv(tmp_path / "t.csv", x[:150], y[:150]),
                   write_csv(tmp_path / "u.csv", x[150:], y[150:]))
     assert metrics(out)["test_mse"] == pytest.approx(1e40 / 50, rel=1e-6)
-
-
-def test_a_test_file_with_other_columns_is_refused(capsys, previous_run, tmp_path):
-    """A test file whose columns are not the training file's (here an unnamed index column
-    first, as pandas writes it) would shift every feature: one line naming the column."""
-    x, _ = regression(5, 3, seed=0)
-    bad = tmp_path / "shifted.csv"
-    with open(bad, "w", newline="") as f:
-        csv.writer(f).writerows([["", "f0", "f1", "f2"], *np.column_stack([range(5), x])])
-    assert f"{bad}: column 1 is ''; the training file's is 'f0'" in fails(
-        capsys, previous_run, tmp_path, "--test", bad)
 
 
 def homework_like(n, rng):
@@ -494,36 +508,21 @@ def test_validation_picks_the_model_and_patience_stops_the_run(tmp_path):
     assert losses[best - 1] == pytest.approx(by_hand, rel=FLOAT32_RTOL), "the loss is the MSE"
 
 
-def test_main_builds_the_lessons_loaders_model_and_optimizer(tmp_path, monkeypatch):
-    """Shuffled batches for training only; the network, the loss and the optimizer are built
-    by the lesson's MLP, make_criterion and make_optimizer (with the given lr), so an edit of
-    the lesson reaches this program."""
-    loaders, models, built = [], [], []
+class EightHidden(ml.MLP):
+    def __init__(self, in_features):
+        super().__init__(in_features, hidden=8)
 
-    def recording_make_loader(dataset, batch_size, shuffle, **sampler):
-        loaders.append((len(dataset), shuffle))
-        return make_loader(dataset, batch_size, shuffle, **sampler)
 
-    class RecordingMLP(ml.MLP):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            models.append(self)
-
-    def recording(make):
-        return lambda *args: built.append((make.__name__, make(*args))) or built[-1][1]
-
-    make_loader = speed.make_loader
-    monkeypatch.setattr(mr, "make_loader", recording_make_loader)
-    monkeypatch.setattr(ml, "MLP", RecordingMLP)
-    for name in ("make_criterion", "make_optimizer"):
-        monkeypatch.setattr(ml, name, recording(getattr(ml, name)))
-    run_main(tmp_path, 3, True, "--epochs", "1", "--lr", "0.25")
-    assert set(loaders) == {(60, False), (100, False), (240, True)}  # valid, test, train
-    assert [name for name, _ in built[:2]] == ["make_criterion", "make_optimizer"]
-    optimizer = built[1][1]
-    assert optimizer.param_groups[0]["lr"] == 0.25
-    assert list(map(id, optimizer.param_groups[0]["params"])) == list(
-        map(id, models[0].parameters())), "it steps the model main() trains"
+def test_an_edit_of_the_lessons_network_and_optimizer_reaches_the_run(tmp_path, monkeypatch):
+    """The tool trains the network MLP builds (here 8 hidden units) with the optimizer
+    make_optimizer builds (here Adam, at the given lr): its checkpoints say so."""
+    monkeypatch.setattr(ml, "MLP", EightHidden)
+    monkeypatch.setattr(ml, "make_optimizer",
+                        lambda model, lr: torch.optim.Adam(model.parameters(), lr=lr))
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "1", "--lr", "0.01")
+    tensors, document = read_checkpoint(out / "last.safetensors")
+    assert tensors[f"model.{NAMES[0]}"].shape == (8, 3)
+    assert document["optimizer_class"] == "Adam" and document["optimizer_groups"][0]["lr"] == 0.01
 
 
 def test_the_same_seed_gives_the_same_loss_history(tmp_path):
@@ -531,6 +530,14 @@ def test_the_same_seed_gives_the_same_loss_history(tmp_path):
     runs = [metrics(run_main(tmp_path / f"run{i}", 3, True, "--epochs", "3", "--seed", seed)[0])
             for i, seed in enumerate(["1", "1", "2"])]
     assert runs[0]["history"] == runs[1]["history"] != runs[2]["history"]
+
+
+def test_the_tool_finds_the_bundled_data_from_any_folder(tmp_path, monkeypatch):
+    """Run from another working directory with no --train or --test, the tool trains on the
+    bundled data, found beside the lesson, as the lesson finds it."""
+    monkeypatch.chdir(tmp_path)
+    mr.main(["--epochs", "1", "--out", "elsewhere", "--device", "cpu"])
+    assert len(read_predictions(tmp_path / "elsewhere")) == len(TableDataset(DATA / "test.csv"))
 
 
 # --- Seeing the run: pictures and a progress bar ---
@@ -541,12 +548,15 @@ def test_a_run_draws_its_history_and_its_validation_predictions(tmp_path, monkey
     predicted by model.safetensors), in the target's units."""
     from matplotlib.image import imread
     drawn = {}
-    monkeypatch.setattr(mr, "draw_pictures", lambda *a: drawn.update(real_draw(*a)))
+    for name in ("loss_figure", "predictions_figure"):
+        real = getattr(pictures, name)
+        monkeypatch.setattr(pictures, name, lambda *a, real=real, name=name: drawn.setdefault(
+            name, real(*a)))
     out, x, y = run_main(tmp_path, 3, False, "--epochs", "3")
     for name in ("loss.png", "predictions.png"):
         height, width, _ = imread(out / name).shape
         assert 200 <= height <= 2000 and 200 <= width <= 2000
-    lines = {line.get_label(): line for line in drawn["loss.png"].axes[0].get_lines()}
+    lines = {line.get_label(): line for line in drawn["loss_figure"].axes[0].get_lines()}
     history, best = metrics(out)["history"], metrics(out)["best_epoch"]
     assert list(lines["validation"].get_ydata()) == [h["valid_loss"] for h in history]
     assert list(lines["training"].get_ydata()) == [h["train_loss"] for h in history]
@@ -557,12 +567,9 @@ def test_a_run_draws_its_history_and_its_validation_predictions(tmp_path, monkey
     span = scaled_by_hand(y[:300], train_rows)[1]
     low = y[:300][train_rows].min() - 0.05 * span
     predicted = predict64(model, standardised(x[:300], train_rows)[rows])
-    dots = drawn["predictions.png"].axes[0].collections
+    dots = drawn["predictions_figure"].axes[0].collections
     assert len(dots) == 1, "no test targets, no test dots"
     close(dots[0].get_offsets(), np.column_stack([y[rows], predicted[:, 0] * span + low]))
-
-
-real_draw = outputs.draw_pictures
 
 
 class Terminal(io.StringIO):
@@ -570,21 +577,17 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_a_progress_bar_only_on_a_terminal(monkeypatch, capsys):
-    """Output to a file or a pipe gets the loader itself (no bar, no cost); a terminal a
-    tqdm bar over the same batches."""
+def test_a_progress_bar_only_on_a_terminal(monkeypatch, tmp_path, capsys):
+    """Output to a file or a pipe gets the loader itself (no bar, no cost), and the run's
+    output is its lines alone; a terminal gets a tqdm bar over the same batches."""
     loader = [(torch.ones(2, 1), torch.ones(2, 1))] * 3
-    assert outputs.progress_bar(loader) is loader
-    monkeypatch.setattr(sys, "stdout", Terminal())
-    bar = outputs.progress_bar(loader)
-    assert bar is not loader and list(bar) == loader
-
-
-def test_a_run_into_a_file_prints_only_its_lines(tmp_path, capsys):
-    """Not a terminal: the output is the run's lines, with no progress bar in between."""
+    assert speed.progress_bar(loader) is loader
     run_main(tmp_path, 3, True, "--epochs", "2")
-    out = capsys.readouterr().out
-    assert "\r" not in out and "batch" not in out and len(out.splitlines()) == 4
+    printed = capsys.readouterr().out
+    assert "\r" not in printed and "batch" not in printed
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    bar = speed.progress_bar(loader)
+    assert bar is not loader and list(bar) == loader
 
 
 # --- Never trust a file: bad input stops with one line and exit code 2, damaging nothing ---
@@ -602,7 +605,7 @@ def fails(capsys, previous_run, tmp_path, *flags) -> str:
     file an earlier run left in --out keeps its bytes. Returns the line."""
     out = tmp_path / "out"
     out.mkdir()
-    for name in ("model.safetensors", "last.safetensors", "predictions.csv", "metrics.json"):
+    for name in outputs.OUTPUTS:
         (out / name).write_bytes(f"an earlier run's {name}".encode())  # no run writes this
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     good = ["--train", previous_run / "train.csv", "--test", previous_run / "test.csv",
@@ -621,9 +624,9 @@ BAD_CSVS = {  # what the file holds -> what the message says
     "header only": (b"a,b,y\n", "a header but no data rows"),
     "too few rows to split": (b"a,b,y\n1,2,0.5\n3,4,0.2\n", "2 rows are too few"),
     "ragged row": (b"a,b,y\n1,2,0.5\n3,4\n5,6,0.1\n", "line 3 has 2 columns"),
-    "non-numeric cell": (b"a,b,y\n1,2,0.5\n3,abc,0.5\n", "line 3, column 2 (b): 'abc'"),
-    "NaN": (b"a,b,y\n1,2,0.5\n3,4,0.5\nnan,4,0.5\n", "line 4, column 1 (a): 'nan'"),
-    "inf": (b"a,b,y\n1,2,0.5\n3,-inf,0.5\n", "line 3, column 2 (b): '-inf'"),
+    "non-numeric cell": (b"a,b,y\n1,2,0.5\n3,abc,0.5\n", "line 3, column 2 (b): 'abc' is not"),
+    "NaN": (b"a,b,y\n1,2,0.5\n3,4,0.5\nnan,4,0.5\n", "line 4, column 1 (a): 'nan' is not a"),
+    "inf": (b"a,b,y\n1,2,0.5\n3,-inf,0.5\n", "line 3, column 2 (b): '-inf' is not a finite"),
     "semicolons": (b"a;b;y\n1;2;0.5\n3;4;0.5\n", "line 1 has no commas"),
     "tabs": (b"a\tb\ty\n1\t2\t0.5\n3\t4\t0.5\n", "line 1 has no commas"),
     "binary garbage": (bytes(range(256)) * 16, "not a text file"),
@@ -640,6 +643,10 @@ BAD_CSVS = {  # what the file holds -> what the message says
     "blank first line": (b"\na,b,y\n1,2,0.5\n", "line 1 is blank"),
     "a huge cell": (b"a,b,y\n1,2,0.5\n3," + b"4" * 200_000 + b",0.5\n",
                     "not a table of numbers (field larger than field limit"),
+    "UTF-16": ("a,b,é\n1,2,0.5\n3,4,0.25\n5,6,1\n".encode("utf-16"),
+               "UTF-16 text; save it as UTF-8"),
+    "Latin-1": ("a,b,é\n1,2,0.5\n3,4,0.25\n5,6,1\n".encode("latin-1"),
+                "not UTF-8 text (Latin-1, or another encoding?); save it as UTF-8"),
 }
 
 
@@ -668,14 +675,30 @@ def test_a_test_csv_must_have_the_training_features(capsys, previous_run, tmp_pa
         capsys, previous_run, tmp_path, "--test", bad)
 
 
-def test_real_exports_read_like_plain_files(tmp_path):
-    """A UTF-8 BOM, CRLF line ends, quoted numbers and trailing blank lines change nothing."""
-    plain = tmp_path / "plain.csv"
-    plain.write_bytes(b"a,b,y\n1,2,0.5\n3,4,0.25\n5,6,1\n")
-    export = tmp_path / "export.csv"
-    export.write_bytes(b'\xef\xbb\xbf"a","b","y"\r\n"1",2,0.5\r\n3,"4",0.25\r\n5,6,"1"\r\n\r\n\r\n')
-    a, b = TableDataset(plain), TableDataset(export)
-    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+def test_a_test_file_with_other_columns_is_refused(capsys, previous_run, tmp_path):
+    """A test file whose columns are not the training file's (here an unnamed index column
+    first, as pandas writes it) would shift every feature: one line naming the column."""
+    x, _ = regression(5, 3, seed=0)
+    bad = tmp_path / "shifted.csv"
+    with open(bad, "w", newline="") as f:
+        csv.writer(f).writerows([["", "f0", "f1", "f2"], *np.column_stack([range(5), x])])
+    assert f"{bad}: feature column 1 is ''; the training file's is 'f0'" in fails(
+        capsys, previous_run, tmp_path, "--test", bad)
+
+
+@pytest.mark.parametrize("cell, message", [
+    (1e300, "line 3, column 1 (f0): '1e+300' is too large for float32"),
+    (1e36, "data row 2, feature 1: too far from the training rows' values"),  # std 0.0005
+])
+def test_a_test_cell_that_overflows_float32_is_named(capsys, previous_run, tmp_path, cell,
+                                                     message):
+    """Finite in float64 is not enough: the model computes in float32, on standardised values."""
+    x = np.array([[1.0, 2, 3], [1.001, 4, 5], [1.0, 3, 1], [1.001, 5, 2], [1, 2, 2]])
+    train = write_csv(tmp_path / "train.csv", x, np.linspace(0, 1, 5))
+    test = write_csv(tmp_path / "test.csv", np.array([[1.0, 2, 3], [cell, 2, 3]]))
+    line = fails(capsys, previous_run, tmp_path, "--train", train, "--test", test,
+                 "--valid-ratio", "0.2")
+    assert f"{test}: {message}" in line
 
 
 BAD_FLAGS = [
@@ -695,14 +718,13 @@ BAD_FLAGS = [
     (["--valid-ratio", "1"], "argument --valid-ratio: must be above 0 and below 1"),
     (["--patience", "0"], "argument --patience: must be from 1 to"),
     (["--device", "tpu9"], "argument --device: tpu9: no such device here"),
-    (["--device", "cuda:99"], "argument --device: cuda:99: no such device here"),
+    (["--device", f"cuda:{torch.cuda.device_count()}"], "argument --device: cuda:"),
     (["--shuffle"], "unrecognized arguments: --shuffle"),
 ]
-if not torch.cuda.is_available():
-    BAD_FLAGS.append((["--device", "cuda"], "argument --device: cuda: no such device here"))
 
 
-@pytest.mark.parametrize("flags, message", BAD_FLAGS)
+@pytest.mark.parametrize("flags, message", BAD_FLAGS, ids=lambda v: " ".join(v)
+                         if isinstance(v, list) else "")
 def test_a_bad_flag_is_named(capsys, previous_run, tmp_path, flags, message):
     """Each bad flag gets one line that names it."""
     assert message in fails(capsys, previous_run, tmp_path, *flags)
@@ -714,12 +736,129 @@ def test_an_out_that_cannot_be_written_is_named(capsys, previous_run, tmp_path):
     assert "--out" in fails(capsys, previous_run, tmp_path, "--out", tmp_path / "a_file" / "x")
 
 
-def test_the_command_line_prints_no_traceback(tmp_path):
-    """A real process: exit code 2, one line on stderr, no Python traceback."""
-    done = subprocess.run([sys.executable, mr.__file__, "--train", str(tmp_path / "none.csv")],
-                          capture_output=True, text=True, cwd=tmp_path, check=False)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr == f"error: {tmp_path / 'none.csv'}: No such file or directory\n"
+def test_a_second_run_on_a_busy_out_is_refused(capsys, previous_run, tmp_path):
+    """One run at a time per --out: while another holds its lock (filelock's, on run.lock),
+    a run is refused."""
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with filelock.FileLock(busy / outputs.LOCK):  # what a running run holds
+        line = fails(capsys, previous_run, tmp_path, "--out", busy)
+    assert "another run is writing there" in line and os.listdir(busy) == [outputs.LOCK]
+
+
+def test_a_directory_where_an_output_goes_is_found_before_training(capsys, previous_run,
+                                                                     tmp_path):
+    """out/model.safetensors a directory: one line before the first epoch, nothing else written."""
+    (tmp_path / "o2" / "model.safetensors").mkdir(parents=True)
+    line = fails(capsys, previous_run, tmp_path, "--out", tmp_path / "o2")
+    assert "model.safetensors is a directory" in line
+    assert os.listdir(tmp_path / "o2") == ["model.safetensors"]
+    assert "epoch" not in capsys.readouterr().out
+
+
+def test_a_target_in_tiny_units_is_refused_not_shown_as_zero(capsys, previous_run, tmp_path):
+    """The same file with its target times 1e-161: every loss times target_span² would round
+    to 0 in float64, and the run would report a test MSE of 0. One line instead."""
+    x, y = regression(60, 3, seed=0)
+    tiny = write_csv(tmp_path / "tiny.csv", x, y * 1e-161)
+    line = fails(capsys, previous_run, tmp_path, "--train", tiny, "--test", tiny)
+    assert "target y spans only" in line and "cannot be told from 0" in line
+
+
+@pytest.mark.parametrize("target", [1e20, 1e21])
+def test_a_validation_target_whose_error_overflows_float32_is_named(capsys, previous_run,
+                                                                     tmp_path, target):
+    """One target of 1e20 or 1e21 among validation rows whose training rows lie in [0, 1]:
+    its squared error is beyond float32. The row is named, before anything is written; the
+    run never says "diverged" for it."""
+    x, y = regression(60, 3, seed=0)
+    row = int(ml.split_rows(60, 0.2, 0)["valid"][0])
+    y[row] = target
+    path = write_csv(tmp_path / "t.csv", x, y)
+    line = fails(capsys, previous_run, tmp_path, "--train", path, "--valid-ratio", "0.2")
+    assert f"data row {row + 1}, a validation row, has target {target:g}" in line
+    assert "diverged" not in line
+
+
+SIGNS = np.array([[a, b, c] for a in (1, -1) for b in (1, -1) for c in (1, -1)])
+
+
+def far_out(n_rows, rows):
+    """Features near 2 and targets in [0, 1], but `rows` (8 of them) hold ±3e38 in every sign
+    pattern: within float32, yet far enough out that the model's output overflows for some."""
+    x, y = regression(n_rows, 3, seed=0)
+    x[rows] = 3e38 * SIGNS
+    return x, y
+
+
+def test_a_validation_row_the_model_cannot_predict_is_named_not_called_divergence(
+        capsys, previous_run, tmp_path):
+    """Validation rows of ±3e38: the training loss is finite, the validation loss NaN. The
+    line names the first such row; it does not say the run diverged."""
+    rows = ml.split_rows(200, 0.2, 0)["valid"][:8]
+    path = write_csv(tmp_path / "t.csv", *far_out(200, rows))
+    line = fails(capsys, previous_run, tmp_path, "--train", path, "--test", path)
+    named = int(re.search(r"data row (\d+): the model's prediction for it is not", line)[1])
+    assert named - 1 in rows.tolist() and "diverged" not in line
+
+
+def test_a_diverged_run_stops_before_it_writes(capsys, previous_run, tmp_path):
+    """A loss that turns inf or NaN stops the run at once, naming --lr; --out keeps its files."""
+    assert "the run diverged; lower --lr (now 1e+30)" in fails(capsys, previous_run, tmp_path,
+                                                                 "--lr", "1e30")
+
+
+def test_text_from_a_file_never_reaches_the_terminal_raw(capsys, previous_run, tmp_path):
+    """A column name or an optimizer's class name with escape sequences, from a CSV or a
+    checkpoint: the line shows them escaped (\\x1b), and cut short."""
+    x, _ = regression(5, 3, seed=0)
+    bad = tmp_path / "escape.csv"
+    with open(bad, "w", newline="") as f:
+        csv.writer(f).writerows([[ESCAPE * 20, "f1", "f2"], *x.tolist()])
+    class_name = crafted(previous_run, tmp_path,
+                         lambda t, d: d.update(optimizer_class=ESCAPE + "SGD"))
+    for flags in (("--test", bad), ("--resume", class_name)):
+        line = fails(capsys, previous_run, tmp_path, *flags)
+        shutil.rmtree(tmp_path / "out")
+        assert "\x1b" not in line and "\x07" not in line and "\\x1b]0;owned\\x07" in line
+        assert len(line) < 400
+
+
+ESCAPE = "\x1b]0;owned\x07\x1b[2J"  # sets the terminal's title, clears the screen
+
+
+def test_a_bad_flag_is_one_line_even_when_stderr_cannot_take_it(monkeypatch, capsys):
+    """2>/dev/full, 2>&1 | true, or a closed stderr: the line cannot be written, and the exit
+    code still says what happened: 2."""
+    read, write = os.pipe()
+    os.close(read)  # as `| true` leaves it: a write raises BrokenPipeError
+    with open(write, "w") as pipe:
+        for stderr in (pipe, None):
+            monkeypatch.setattr(sys, "stderr", stderr)
+            with pytest.raises(SystemExit) as stop:
+                mr.main(["--lr", "0"])
+            assert stop.value.code == 2
+
+
+def test_under_torchrun_only_rank_0_prints_an_error(monkeypatch, capsys):
+    """Every rank meets the same bad flag; one line in all, from rank 0. A RANK set by hand,
+    without torchrun (which sets TORCHELASTIC_RUN_ID), silences nothing: one line."""
+    errors_seen = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for torchrun_id, local_rank, rank in (("job", "1", "1"), ("job", "0", "0"),
+                                          (None, "0", "1"), (None, None, "1")):
+        for name, value in (("TORCHELASTIC_RUN_ID", torchrun_id), ("LOCAL_RANK", local_rank),
+                            ("RANK", rank)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        with pytest.raises(SystemExit) as stop:
+            mr.main(["--lr", "0"])
+        assert stop.value.code == 2
+        errors_seen.append(capsys.readouterr().err)
+    assert errors_seen[0] == "" and errors_seen[1] == errors_seen[2] == errors_seen[3] != ""
+    assert errors_seen[1].count("\n") == 1
 
 
 # --- Checkpoints: hostile files refused, saves that survive crashes, resume to the bit ---
@@ -735,54 +874,14 @@ class Payload:
 
 
 def test_a_pickle_with_a_code_payload_is_refused_and_never_runs(capsys, previous_run, tmp_path):
-    """--resume of a file whose unpickling runs code: it is never unpickled, one clear line."""
+    """--resume of a file whose unpickling runs code (torch.save's .pt): never unpickled, one
+    clear line."""
     marker, evil = tmp_path / "payload_ran", tmp_path / "evil.pt"
     torch.save({"settings": Payload(marker)}, evil)
     line = fails(capsys, previous_run, tmp_path, "--resume", evil)
     assert "a checkpoint of an earlier version (torch.save)" in line and not marker.exists()
     torch.load(evil, weights_only=False)["settings"].close()  # what the refusal prevents:
     assert marker.exists(), "the payload is real"
-
-
-@pytest.mark.parametrize("damage, message", [
-    ("truncated", "not a checkpoint (truncated, or not a safetensors file)"),
-    ("a csv", "not a checkpoint (truncated, or not a safetensors file)"),
-    ("another safetensors", "not a minitorch_run checkpoint"),
-])
-def test_a_damaged_or_foreign_checkpoint_is_refused(capsys, previous_run, tmp_path, damage,
-                                                    message):
-    """--resume of a torn file, of a file that is no checkpoint, or of someone else's
-    safetensors file."""
-    bad = tmp_path / "bad.safetensors"
-    last = (previous_run / "out" / "last.safetensors").read_bytes()
-    if damage == "truncated":
-        bad.write_bytes(last[: len(last) // 2])
-    elif damage == "a csv":
-        bad.write_bytes((previous_run / "train.csv").read_bytes())
-    else:
-        safetensors.torch.save_file({"weights": torch.ones(3)}, bad)
-    assert f"{bad}: {message}" in fails(capsys, previous_run, tmp_path, "--resume", bad)
-
-
-@pytest.mark.parametrize("n_features, message", [
-    (4, "the stopped run's model takes 3 features; from {train} it now gets 4"),
-    (3, "the stopped run trained on other data than {train} (their mean differs)"),
-])
-def test_a_checkpoint_for_other_data_is_refused(capsys, previous_run, tmp_path, n_features,
-                                                message):
-    """--resume with a training file of another width, or of the same width and other rows:
-    named, not crashed into."""
-    x, y = regression(50, n_features, seed=0)
-    other = write_csv(tmp_path / "other.csv", x, y)
-    line = fails(capsys, previous_run, tmp_path, "--train", other, "--test", other,
-                 "--resume", previous_run / "out" / "last.safetensors")
-    assert message.format(train=other) in line
-
-
-def sizes(state_dict) -> str:
-    """A network's layer sizes, as 3-64-1, from the shapes of its Linear weights (out, in)."""
-    shapes = [tuple(w.shape) for w in state_dict.values() if w.dim() == 2]
-    return "-".join(map(str, [shapes[0][1]] + [out for out, _ in shapes]))
 
 
 def crafted(previous_run, tmp_path, craft, name="crafted.safetensors"):
@@ -792,155 +891,11 @@ def crafted(previous_run, tmp_path, craft, name="crafted.safetensors"):
     return write_checkpoint(tmp_path / name, tensors, document)
 
 
-def another_network(tensors, document):
-    other = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 1), nn.Sigmoid())
-    for prefix in ("model.", "best."):
-        for name in weights_of(tensors, prefix):
-            del tensors[prefix + name]
-        tensors.update({f"{prefix}net.{k}": w.clone() for k, w in other.state_dict().items()})
-
-
-def test_a_checkpoint_of_another_network_is_one_line(capsys, previous_run, tmp_path):
-    """Weights of a network other than the one MLP builds (another hidden size, another layer):
-    one line naming both networks' layer sizes, from --resume and from load_model alike."""
-    other = crafted(previous_run, tmp_path, another_network)
-    message = f"its network has layers 3-5-1; MLP now builds {sizes(ml.MLP(3).state_dict())}"
-    assert message in fails(capsys, previous_run, tmp_path, "--resume", other)
-    with pytest.raises(InputError, match=message):
-        checkpoints.load_model(other)
-
-
-@pytest.mark.parametrize("setting", ["class", "weight_decay", "maximize"])
-def test_a_checkpoint_of_another_optimizer_is_one_line(capsys, previous_run, tmp_path, setting):
-    """--resume of a run whose optimizer differs from the one make_optimizer builds (another
-    class, other settings): one line that says what differs, never a silent change."""
-    built = ml.make_optimizer(ml.MLP(3), 0.1)
-    if setting == "class":
-        def craft(tensors, document):
-            document["optimizer_class"] = "Adagrad"
-        message = f"is 'Adagrad'; make_optimizer now builds {type(built).__name__}"
-    else:
-        now = built.param_groups[0][setting]
-        saved = not now if setting == "maximize" else now + 1e-4
-
-        def craft(tensors, document):
-            document["optimizer_groups"][0][setting] = saved
-        message = f"had {setting}={saved} (now {now})"
-    other = crafted(previous_run, tmp_path, craft)
-    assert message in fails(capsys, previous_run, tmp_path, "--resume", other)
-
-
-def test_checkpoints_are_safetensors_with_a_json_document(previous_run):
-    """model.safetensors and last.safetensors: safetensors files (tensors, no pickle) whose
-    header holds one JSON document of plain values; the weights are the network's."""
-    for name, prefixes in (("model.safetensors", {"model", "scaling"}),
-                           ("last.safetensors", {"model", "best", "scaling", "rng"})):
-        tensors, document = read_checkpoint(previous_run / "out" / name)
-        optimizer = {"optimizer"} if name == "last.safetensors" else set()  # Adam's, say
-        assert prefixes <= {k.split(".")[0] for k in tensors} <= prefixes | optimizer
-        assert document["format"]
-        assert weights_of(tensors).keys() == ml.MLP(3).state_dict().keys()
-
-
-def test_a_crash_inside_a_save_leaves_the_previous_file(tmp_path):
-    """atomic_file writes beside the file and renames: a save that dies halfway (a full disk)
-    is one InputError, leaves the old file whole, and no temporary file."""
-    path = tmp_path / "model.safetensors"
-    path.write_bytes(b"the old file")
-    full = "model.safetensors: cannot write it \\(No space left"
-    with pytest.raises(InputError, match=full), outputs.atomic_file(path) as f:
-        f.write(b"half a new file")
-        raise OSError(28, "No space left on device")
-    assert path.read_bytes() == b"the old file"
-    assert os.listdir(tmp_path) == ["model.safetensors"], "the temporary file is removed"
-
-
-KEEPS_SAVING = """
-import sys, safetensors.torch, torch
-sys.path.insert(0, {root!r})
-from minitorch_tool.outputs import atomic_file
-for i in range(10**6):
-    data = safetensors.torch.save({{"w": torch.full((2_000_000,), float(i))}}, {{"i": str(i)}})
-    print("saving", i, flush=True)
-    with atomic_file({path!r}) as f:
-        f.write(data)
-"""
-
-
-@posix_only("SIGKILL")
-def test_kill_9_while_saving_leaves_a_whole_checkpoint(tmp_path):
-    """A process killed at an arbitrary moment of its saves leaves a file that loads, and
-    holds one whole checkpoint."""
-    path = tmp_path / "model.safetensors"
-    script = KEEPS_SAVING.format(root=str(Path(mr.__file__).parent), path=str(path))
-    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                          text=True) as child:
-        for _ in range(3):  # let it save twice, then kill it inside the third save
-            child.stdout.readline()
-        time.sleep(0.005)  # here: while it writes or fsyncs its temporary file
-        child.send_signal(signal.SIGKILL)
-    with safetensors.safe_open(path, "pt") as f:
-        i, w = f.metadata()["i"], f.get_tensor("w")
-    assert torch.equal(w, torch.full((2_000_000,), float(i)))
-
-
-@pytest.mark.parametrize("optimizer", ["the lesson's", "Adam"])
-def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, monkeypatch,
-                                                                  optimizer):
-    """Stop after 2 epochs, --resume to 4: the same weights, optimizer state, history and
-    predictions, to the bit, as 4 epochs in one go; with the lesson's optimizer, and with
-    Adam, whose state (steps, running averages) travels in last.safetensors."""
-    if optimizer == "Adam":
-        monkeypatch.setattr(ml, "make_optimizer",
-                            lambda model, lr: torch.optim.Adam(model.parameters(), lr=lr))
-    flags = ("--epochs", "4", "--patience", "9", "--seed", "3", "--lr", "0.3")
-    whole, _, _ = run_main(tmp_path / "whole", 3, True, *flags)
-    stopped, _, _ = run_main(tmp_path / "stopped", 3, True, *flags[:-2], "--lr", "0.3",
-                             "--epochs", "2")
-    resumed, _, _ = run_main(tmp_path / "stopped", 3, True, "--epochs", "4", "--patience", "9",
-                             "--resume", str(stopped / "last.safetensors"))
-    (a, a_doc), (b, b_doc) = (read_checkpoint(out / "last.safetensors") for out in (whole, resumed))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # rng, optimizer too
-    assert a_doc == b_doc  # history, settings, optimizer settings
-    assert (whole / "predictions.csv").read_bytes() == (resumed / "predictions.csv").read_bytes()
-
-
-# --- Never lose work: divergence, resume with flags, shared folders, signals ---
-
-def test_a_diverged_run_stops_before_it_writes(capsys, previous_run, tmp_path):
-    """A loss that turns inf or NaN stops the run at once, naming --lr; --out keeps its files."""
-    assert "the run diverged; lower --lr (now 1e+30)" in fails(capsys, previous_run, tmp_path,
-                                                                 "--lr", "1e30")
-
-
-def test_a_flag_typed_on_resume_takes_effect_with_a_note(tmp_path, capsys):
-    """--resume with --lr 0.1: the run goes on with 0.1, says so, and last.safetensors
-    records it."""
-    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "1", "--lr", "0.05")
-    run_main(tmp_path, 3, True, "--epochs", "2", "--lr", "0.1", "--resume",
-             str(out / "last.safetensors"))
-    assert "--lr 0.1 replaces the stopped run's 0.05" in capsys.readouterr().out
-    _, last = read_checkpoint(out / "last.safetensors")
-    assert last["settings"]["lr"] == last["optimizer_groups"][0]["lr"] == 0.1
-
-
-def test_a_resume_restores_the_stopped_runs_settings(tmp_path):
-    """--resume alone: the stopped run's epochs, patience, lr and batch size, not the defaults."""
-    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "3", "--patience", "9", "--lr", "0.2",
-                         "--batch-size", "5")
-    (out / "metrics.json").unlink()
-    run_main(tmp_path, 3, True, "--resume", str(out / "last.safetensors"))
-    _, last = read_checkpoint(out / "last.safetensors")
-    assert last["settings"] == {"seed": 0, "valid_ratio": 0.2, "lr": 0.2, "batch_size": 5,
-                                "epochs": 3, "patience": 9} and last["epoch"] == 3
-
-
-@pytest.mark.parametrize("flag", ["--seed", "--valid-ratio"])
-def test_a_resume_with_another_split_is_refused(capsys, previous_run, tmp_path, flag):
-    """--seed and --valid-ratio pick the validation rows: a resume cannot change them."""
-    line = fails(capsys, previous_run, tmp_path, flag, "0.5" if "ratio" in flag else "7",
-                 "--resume", previous_run / "out" / "last.safetensors")
-    assert f"{flag} " in line and "picks its validation rows" in line
+def refused(path, message="a damaged or foreign checkpoint"):
+    """The line with which --resume refuses `path` (main() reads it first of all)."""
+    with pytest.raises(InputError, match=re.escape(message)) as refusal:
+        checkpoints.load_stopped_run(path)
+    return str(refusal.value)
 
 
 def setting(name, value):
@@ -978,11 +933,15 @@ CRAFTED = {  # what a hostile or damaged last.safetensors changes -> how
     "an epoch as text": lambda t, d: d.update(epoch="x"),
     "a history of the wrong length": lambda t, d: d.update(history=[]),
     "no best model": lambda t, d: [t.pop(k) for k in list(t) if k.startswith("best.")],
-    "a NaN weight": fill("model.net.2.bias", float("nan")),
+    "a NaN weight": fill(f"model.{NAMES[-1]}", float("nan")),
     "a weight finite in float64, inf in float32": replace(
-        "model.net.2.bias", torch.tensor([1e300], dtype=torch.float64)),
-    "complex weights": replace("best.net.2.bias", torch.ones(1, dtype=torch.complex64)),
+        f"model.{NAMES[-1]}", torch.full_like(ml.MLP(3).state_dict()[NAMES[-1]], 1e300,
+                                              dtype=torch.float64)),
+    "complex weights": replace(f"best.{NAMES[-1]}", torch.ones(
+        ml.MLP(3).state_dict()[NAMES[-1]].shape, dtype=torch.complex64)),
     "no optimizer settings": lambda t, d: d.update(optimizer_groups=[]),
+    "a NaN among an optimizer setting's numbers": lambda t, d: d["optimizer_groups"][0].update(
+        betas=[float("nan"), 0.9]),
     "a random generator state of the wrong size": replace("rng", torch.zeros(3, dtype=torch.uint8)),
     "a std of zero": fill("scaling.std", 0.0),
     "a random generator state of floats": lambda t, d: t.update(rng=t["rng"].float()),
@@ -1002,53 +961,68 @@ CRAFTED = {  # what a hostile or damaged last.safetensors changes -> how
 
 
 @pytest.mark.parametrize("craft", CRAFTED.values(), ids=CRAFTED.keys())
-def test_every_value_of_a_checkpoint_is_checked(capsys, previous_run, tmp_path, craft):
+def test_every_value_of_a_checkpoint_is_checked(previous_run, tmp_path, craft):
     """Every value of a checkpoint is checked, as the model will see it, before it is used:
-    a bad one is one line, before anything is written."""
-    line = fails(capsys, previous_run, tmp_path, "--resume",
-                 crafted(previous_run, tmp_path, craft))
-    assert "a damaged or foreign checkpoint" in line
-    assert not (tmp_path / "elsewhere").exists()
+    a bad one is one line (test_a_crafted_checkpoint_stops_the_run_before_it_writes: from
+    main(), before anything is written)."""
+    refused(crafted(previous_run, tmp_path, craft))
 
 
-def test_a_json_nan_or_a_deep_nest_in_the_header_is_refused(capsys, previous_run, tmp_path):
+def test_a_crafted_checkpoint_stops_the_run_before_it_writes(capsys, previous_run, tmp_path):
+    """A damaged last.safetensors given to main(): one line, exit 2, --out untouched."""
+    bad = crafted(previous_run, tmp_path, fill("scaling.std", 0.0))
+    line = fails(capsys, previous_run, tmp_path, "--resume", bad)
+    assert "a damaged or foreign checkpoint (scaling)" in line
+
+
+def test_json_that_python_reads_but_no_run_writes_is_refused(previous_run, tmp_path):
     """JSON that Python's parser would take (NaN, 1e400) or nest too deep for it: one line."""
+    tensors, _ = read_checkpoint(previous_run / "out" / "last.safetensors")
     for i, text in enumerate(['{"format": NaN}', '{"format": 1e400}', "[" * 100_000]):
-        tensors, _ = read_checkpoint(previous_run / "out" / "last.safetensors")
         path = tmp_path / f"bad{i}.safetensors"
         safetensors.torch.save_file(tensors, path, metadata={"minitorch_run": text})
-        (tmp_path / "out").mkdir(exist_ok=True)
         with pytest.raises(InputError, match="a damaged or foreign checkpoint"):
             checkpoints.load_model(path)
 
 
-@posix_only("os.mkfifo")
-def test_a_csv_from_a_pipe_is_read_whole(tmp_path):
-    """A named pipe, as --train <(cat train.csv) gives, can be read once: every row arrives."""
-    x, y = regression(3000, 4, seed=0)  # more than one read buffer
-    plain = write_csv(tmp_path / "plain.csv", x, y)
-    fifo = tmp_path / "pipe.csv"
-    os.mkfifo(fifo)
-    writer = threading.Thread(target=lambda: fifo.write_bytes(plain.read_bytes()))
-    writer.start()
-    piped = TableDataset(fifo)
-    writer.join()
-    assert torch.equal(piped.x, TableDataset(plain).x) and len(piped) == 3000
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", "not a checkpoint (truncated, or not safetensors)"),
+    ("a csv", "not a checkpoint (truncated, or not safetensors)"),
+    ("another safetensors", "not a minitorch_run checkpoint"),
+    ("a model file", "a model file; --resume takes a run's last.safetensors"),
+    ("empty", "No such file or directory"),  # --resume "" names no file: not "no --resume"
+])
+def test_a_file_that_is_no_stopped_run_is_named(previous_run, tmp_path, damage, message):
+    """--resume of a torn file, of a file that is no checkpoint, of someone else's
+    safetensors file, or of the run's model.safetensors (its last.safetensors is beside it)."""
+    bad = tmp_path / "bad.safetensors"
+    last = (previous_run / "out" / "last.safetensors").read_bytes()
+    if damage == "truncated":
+        bad.write_bytes(last[: len(last) // 2])
+    elif damage == "a csv":
+        bad.write_bytes((previous_run / "train.csv").read_bytes())
+    elif damage == "another safetensors":
+        safetensors.torch.save_file({"weights": torch.ones(3)}, bad)
+    elif damage == "a model file":
+        bad = previous_run / "out" / "model.safetensors"
+    else:
+        bad = ""
+    assert refused(bad, message).startswith(f"{bad}: ")
 
 
-def test_an_early_stopped_run_stays_stopped_and_keeps_a_copy_of_its_best(tmp_path, capsys):
-    """last.safetensors keeps its best model as a copy (deepcopy of the state_dict, which
-    holds live tensors): equal to model.safetensors, not to the last weights; resumed, the
-    stopped run trains no more epochs."""
-    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "60", "--patience", "2", "--lr", "20")
-    tensors, last = read_checkpoint(out / "last.safetensors")
-    best = weights_of(read_checkpoint(out / "model.safetensors")[0])
-    assert last["best_epoch"] < last["epoch"] < 60
-    assert all(torch.equal(tensors[f"best.{k}"], w) for k, w in best.items())
-    assert not all(torch.equal(tensors[f"model.{k}"], w) for k, w in best.items())
-    run_main(tmp_path, 3, True, "--resume", str(out / "last.safetensors"))
-    assert "it had stopped early" in capsys.readouterr().out
-    assert len(metrics(out)["history"]) == last["epoch"], "no epoch was added"
+@pytest.mark.parametrize("n_features, message", [
+    (4, "the stopped run's model takes 3 features; from {train} it now gets 4"),
+    (3, "the stopped run trained on other rows than {train}'s"),
+])
+def test_a_checkpoint_for_other_data_is_refused(capsys, previous_run, tmp_path, n_features,
+                                                message):
+    """--resume with a training file of another width, or of the same width and other rows:
+    named, not crashed into."""
+    x, y = regression(50, n_features, seed=0)
+    other = write_csv(tmp_path / "other.csv", x, y)
+    line = fails(capsys, previous_run, tmp_path, "--train", other, "--test", other,
+                 "--resume", previous_run / "out" / "last.safetensors")
+    assert message.format(train=other) in line
 
 
 def test_a_resume_on_edited_targets_is_refused(capsys, previous_run, tmp_path):
@@ -1059,398 +1033,59 @@ def test_a_resume_on_edited_targets_is_refused(capsys, previous_run, tmp_path):
         csv.writer(f).writerows([rows[0]] + [r[:-1] + [str(1 - float(r[-1]))] for r in rows[1:]])
     line = fails(capsys, previous_run, tmp_path, "--train", edited,
                  "--resume", previous_run / "out" / "last.safetensors")
-    assert f"the stopped run trained on other data than {edited}" in line
+    assert f"the stopped run trained on other rows than {edited}'s" in line
 
 
-@pytest.mark.parametrize("cell, message", [
-    (1e300, "line 3, column 1 (f0): '1e+300' is too large for float32"),
-    (1e36, "data row 2, feature 1: too far from the training rows' values"),  # std 0.0005
-])
-def test_a_test_cell_that_overflows_float32_is_named(capsys, previous_run, tmp_path, cell,
-                                                     message):
-    """Finite in float64 is not enough: the model computes in float32, on standardised values."""
-    x = np.array([[1.0, 2, 3], [1.001, 4, 5], [1.0, 3, 1], [1.001, 5, 2], [1, 2, 2]])
-    train = write_csv(tmp_path / "train.csv", x, np.linspace(0, 1, 5))
-    test = write_csv(tmp_path / "test.csv", np.array([[1.0, 2, 3], [cell, 2, 3]]))
-    line = fails(capsys, previous_run, tmp_path, "--train", train, "--test", test,
-                 "--valid-ratio", "0.2")
-    assert f"{test}: {message}" in line
+def sizes(state_dict) -> str:
+    """A network's layer sizes, as 3-64-1, from the shapes of its Linear weights (out, in)."""
+    shapes = [tuple(w.shape) for w in state_dict.values() if w.dim() == 2]
+    return "-".join(map(str, [shapes[0][1]] + [out for out, _ in shapes]))
 
 
-def test_cpu_0_is_the_cpu(tmp_path):
-    """--device cpu:0 names the CPU: the run ends, and its checkpoints load."""
-    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "1", "--device", "cpu:0")
-    assert metrics(out)["best_epoch"] == 1 and checkpoints.load_model(out / "model.safetensors")
+def another_network(tensors, document):
+    other = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 1), nn.Sigmoid())
+    for prefix in ("model.", "best."):
+        for name in weights_of(tensors, prefix):
+            del tensors[prefix + name]
+        tensors.update({f"{prefix}net.{k}": w.clone() for k, w in other.state_dict().items()})
 
 
-@posix_only("symlinks without privileges")
-def test_a_link_planted_in_out_is_never_written_through(tmp_path):
-    """Temporary files get new names, created exclusively: a link at a guessable name in
-    --out cannot make a run write to the file it points to."""
-    out = tmp_path / "out"
-    out.mkdir()
-    victim = tmp_path / "victim.txt"
-    victim.write_text("keep me")
-    for name in ("model.safetensors", "last.safetensors", "predictions.csv", "metrics.json"):
-        for planted in (f"{name}.tmp", f".{name}.tmp"):
-            (out / planted).symlink_to(victim)
-    run_main(tmp_path, 3, True, "--epochs", "1")
-    assert victim.read_text() == "keep me" and metrics(out)["best_epoch"] == 1
+def test_a_checkpoint_of_another_network_is_one_line(previous_run, tmp_path):
+    """Weights of a network other than the one MLP builds (another hidden size, another layer):
+    one line naming both networks' layer sizes, from --resume and from load_model alike."""
+    other = crafted(previous_run, tmp_path, another_network)
+    message = f"its network has layers 3-5-1; MLP now builds {sizes(ml.MLP(3).state_dict())}"
+    refused(other, message)
+    with pytest.raises(InputError, match=message):
+        checkpoints.load_model(other)
 
 
-def test_a_second_run_on_a_busy_out_is_refused(capsys, previous_run, tmp_path):
-    """One run at a time per --out: while another holds its lock (filelock's, on run.lock),
-    a run is refused."""
-    busy = tmp_path / "busy"
-    busy.mkdir()
-    with filelock.FileLock(busy / outputs.LOCK):  # what a running run holds
-        line = fails(capsys, previous_run, tmp_path, "--out", busy)
-    assert "another run is writing there" in line and os.listdir(busy) == [outputs.LOCK]
+@pytest.mark.parametrize("setting", ["class", "weight_decay", "maximize"])
+def test_a_checkpoint_of_another_optimizer_is_one_line(previous_run, tmp_path, setting):
+    """--resume of a run whose optimizer differs from the one make_optimizer builds (another
+    class, other settings): one line that says what differs, never a silent change."""
+    built = ml.make_optimizer(ml.MLP(3), 0.1)
+    if setting == "class":
+        def craft(tensors, document):
+            document["optimizer_class"] = "Adagrad"
+        message = f"is 'Adagrad'; make_optimizer now builds {type(built).__name__}"
+    else:
+        now = built.param_groups[0][setting]
+        saved = not now if setting == "maximize" else now + 1e-4
+
+        def craft(tensors, document):
+            document["optimizer_groups"][0][setting] = saved
+        message = f"had {setting}={saved} (now {now})"
+    refused(crafted(previous_run, tmp_path, craft), message)
 
 
-def test_a_directory_where_an_output_goes_is_found_before_training(capsys, previous_run,
-                                                                     tmp_path):
-    """out/model.safetensors a directory: one line before the first epoch, nothing else written."""
-    (tmp_path / "o2" / "model.safetensors").mkdir(parents=True)
-    line = fails(capsys, previous_run, tmp_path, "--out", tmp_path / "o2")
-    assert "model.safetensors is a directory" in line
-    assert os.listdir(tmp_path / "o2") == ["model.safetensors"]
-    assert "epoch" not in capsys.readouterr().out
+def test_a_huge_optimizer_setting_is_cut_short_in_the_line(previous_run, tmp_path):
+    """A crafted optimizer setting of 2 MB: refused, and shown in the line cut short."""
+    def craft(tensors, document):
+        document["optimizer_groups"][0]["momentum"] = "\x1b[31mA" * 200_000
 
-
-def test_under_torchrun_only_rank_0_prints_an_error(monkeypatch, capsys):
-    """Every rank meets the same bad flag; one line in all, from rank 0. A RANK set by hand,
-    without torchrun (which sets TORCHELASTIC_RUN_ID), silences nothing: one line."""
-    errors = []
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    for torchrun_id, local_rank, rank in (("job", "1", "1"), ("job", "0", "0"),
-                                          (None, "0", "1"), (None, None, "1")):
-        for name, value in (("TORCHELASTIC_RUN_ID", torchrun_id), ("LOCAL_RANK", local_rank),
-                            ("RANK", rank)):
-            if value is None:
-                monkeypatch.delenv(name, raising=False)
-            else:
-                monkeypatch.setenv(name, value)
-        with pytest.raises(SystemExit) as stop:
-            mr.main(["--lr", "0"])
-        assert stop.value.code == 2
-        errors.append(capsys.readouterr().err)
-    assert errors[0] == "" and errors[1] == errors[2] == errors[3] != ""
-    assert errors[1].count("\n") == 1
-
-
-@posix_only("a umask and mode bits")
-def test_files_get_the_permissions_of_the_umask(tmp_path):
-    """tempfile makes its files 0600; a saved file gets what open() would give: 0644 under
-    umask 022, never writable by others."""
-    old = os.umask(0o022)
-    try:
-        with outputs.atomic_file(tmp_path / "model.safetensors") as f:
-            f.write(b"weights")
-    finally:
-        os.umask(old)
-    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
-
-
-WRITES_A_BIG_FILE = """
-import resource, sys, torch
-sys.path.insert(0, {root!r})
-import minitorch_run as mr
-resource.setrlimit(resource.RLIMIT_FSIZE, (15_000, 15_000))  # a disk that fills up
-mr.main(["--out", {out!r}, "--train", {train!r}, "--test", {test!r}, "--epochs", "1"])
-"""
-
-
-@posix_only("RLIMIT_FSIZE")
-def test_a_full_disk_is_one_line_and_leaves_the_old_files(tmp_path):
-    """torch.save on a full disk (here: a file size limit) raises a RuntimeError that hides
-    the OSError: still one line, exit 2, no temporary file left, the old file whole."""
-    x, y = regression(300, 30, seed=0)  # last.safetensors of a 30-feature model: over 15 kB
-    train, test = write_csv(tmp_path / "t.csv", x, y), write_csv(tmp_path / "u.csv", x[:5])
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "last.safetensors").write_bytes(b"an earlier run's last.safetensors")
-    script = WRITES_A_BIG_FILE.format(root=str(Path(mr.__file__).parent), out=str(out),
-                                      train=str(train), test=str(test))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          check=False)
-    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert "cannot write it (File too large)" in done.stderr
-    assert (out / "last.safetensors").read_bytes() == b"an earlier run's last.safetensors"
-    assert not [p for p in os.listdir(out) if p.endswith(".tmp") or p.startswith(".")]
-
-
-def test_an_empty_resume_is_a_missing_file(capsys, previous_run, tmp_path):
-    """--resume "" names no checkpoint: refused, not taken for no --resume."""
-    assert "No such file or directory" in fails(capsys, previous_run, tmp_path, "--resume", "")
-
-
-def test_a_resume_into_another_out_that_fails_writes_nothing(capsys, previous_run, tmp_path):
-    """The best model so far reaches a new --out with the first finished epoch, not before:
-    a resumed run that diverges at once leaves that --out as it was."""
-    line = fails(capsys, previous_run, tmp_path, "--resume",
-                 previous_run / "out" / "last.safetensors", "--epochs", "5", "--lr", "1e30")
-    assert "the run diverged" in line
-
-
-@posix_only("bash's >&-")
-def test_a_closed_stdout_changes_nothing(tmp_path):
-    """python minitorch_run.py >&- (stdout closed): the run ends with its files, exit 0, and
-    nothing on stderr, though matplotlib cannot write its MPLCONFIGDIR here."""
-    command = (f"exec {sys.executable} {mr.__file__} --epochs 1 --train {DATA / 'train.csv'} "
-               f"--test {DATA / 'test.csv'} >&-")
-    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True,
-                          check=False, env={**os.environ, "MPLCONFIGDIR": "/dev/null/mpl"})
-    assert done.returncode == 0 and done.stderr == "", done.stderr
-    assert metrics(tmp_path / "runs")["best_epoch"] == 1
-
-
-def start_run(tmp_path, *flags, **popen):
-    """minitorch_run.py as a process on the bundled data, writing to tmp_path/out."""
-    return subprocess.Popen(
-        [sys.executable, mr.__file__, "--train", str(DATA / "train.csv"), "--test",
-         str(DATA / "test.csv"), "--out", "out", *flags], cwd=tmp_path, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
-
-
-@posix_only("SIGINT to a child process")
-def test_ctrl_c_says_how_to_resume(tmp_path):
-    """Ctrl-C after an epoch: exit 130, one line naming what the run wrote and the exact
-    command to go on with; last.safetensors is whole."""
-    with start_run(tmp_path, "--epochs", "1000", "--patience", "1000") as child:
-        while not child.stdout.readline().startswith("epoch"):
-            pass
-        child.send_signal(signal.SIGINT)
-        err = child.stderr.read()
-    assert child.returncode == 130 and err.count("\n") == 1, err
-    assert err.startswith("interrupted: this run wrote last.safetensors (epoch ")
-    assert err.rstrip().endswith("--patience 1000 --resume out/last.safetensors")
-    assert read_checkpoint(tmp_path / "out" / "last.safetensors")[1]["epoch"] >= 1
-
-
-def test_a_closed_stdout_does_not_stop_the_run(tmp_path):
-    """python minitorch_run.py | head -1: the reader leaves, the run still finishes every
-    file, and prints no traceback."""
-    with start_run(tmp_path, "--epochs", "2") as child:
-        child.stdout.readline()
-        child.stdout.close()  # as head -1 does after one line
-        err = child.stderr.read()
-    assert child.returncode == 0 and err == "", err
-    assert metrics(tmp_path / "out")["best_epoch"] >= 1
-    assert len(read_predictions(tmp_path / "out")) == len(TableDataset(DATA / "test.csv"))
-
-
-def test_a_constant_column_standardises_to_zero(tmp_path):
-    """A feature with no spread gets std 1 (not 0: no division by zero), so it reads 0."""
-    x, y = regression(20, 3, seed=1)
-    x[:, 1] = 7.0
-    data = TableDataset(write_csv(tmp_path / "c.csv", x, y))
-    assert data.stats.std[1] == 1 and torch.equal(data.x[:, 1], torch.zeros(20))
-    close(data.x[:, 0].numpy(), (x[:, 0] - x[:, 0].mean()) / x[:, 0].std(ddof=1))
-
-
-# --- Scaling out: torchrun and DistributedDataParallel (CPU, gloo, 2 processes) ---
-
-DDP_LR = 0.01  # small: with Adam (an exercise), larger steps amplify the rounding in which
-#               the ranks' averaged gradients and one process's batch mean differ
-
-
-def one_step(model, optimizer, x, y):
-    """One step of the module's optimizer on the mean squared error of (x, y)."""
-    optimizer.zero_grad()
-    nn.functional.mse_loss(model(x), y).backward()
-    optimizer.step()
-
-
-def two_ranks(rank, init_file, csv_path, batch_size, out_dir, locked_out):
-    """Rank `rank` of 2: one train() epoch on its DistributedSampler share, wrapped in DDP as
-    main() wraps it, then the check of an --out that another run holds, which only rank 0
-    makes; saves its weights, the batches of row indices it trained on, and what it met."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        dataset = CountingDataset(csv_path)
-        dataset.calls = []
-        torch.manual_seed(0)
-        model = nn.parallel.DistributedDataParallel(ml.MLP(dataset.x.shape[1]))
-        loader = speed.make_loader(dataset, batch_size, shuffle=True,
-                                   sampler=DistributedSampler(dataset, seed=0))
-        ml.train(model, loader, nn.MSELoss(), ml.make_optimizer(model, DDP_LR), "cpu")
-        try:
-            with contextlib.ExitStack() as cleanup:
-                outputs.make_out_dir(outputs.Out(locked_out), cleanup, "cpu")
-            met = "nothing"
-        except InputError as e:
-            met = str(e)
-        torch.save({"model": model.module.state_dict(), "batches": dataset.calls, "met": met},
-                   Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    """Two ranks (processes) of a gloo process group, as two_ranks leaves them; their CSV."""
-    tmp = tmp_path_factory.mktemp("ranks")
-    x, y = regression(46, 3, seed=0)
-    path = write_csv(tmp / "d.csv", x, y)
-    (tmp / "busy").mkdir()
-    with filelock.FileLock(tmp / "busy" / outputs.LOCK):  # another run holds it
-        torch.multiprocessing.spawn(two_ranks, nprocs=2, args=(
-            str(tmp / "init"), str(path), 5, str(tmp), str(tmp / "busy")))
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in (0, 1)], path
-
-
-def test_two_ranks_of_batch_b_step_as_one_process_of_batch_2b(ranks):
-    """What makes DDP correct: averaging the gradients of 2 ranks of b rows each is one SGD
-    step on their 2b rows, so after an epoch both ranks hold the weights that one process
-    gets from batches of 2b in the same order (23 rows a rank: 5+5+5+5+3, a short last one)."""
-    ranks, path = ranks
-    dataset = TableDataset(path)
-    torch.manual_seed(0)
-    reference = ml.MLP(3)  # the ranks' initial weights
-    optimizer = ml.make_optimizer(reference, DDP_LR)
-    for mine, theirs in zip(ranks[0]["batches"], ranks[1]["batches"], strict=True):
-        rows = torch.cat([mine, theirs])  # one process, one batch of 2b rows
-        one_step(reference, optimizer, dataset.x[rows], dataset.y[rows])
-    assert sorted(torch.cat([*ranks[0]["batches"], *ranks[1]["batches"]]).tolist()) == list(
-        range(46)), "the two shares make the whole epoch"
-    for rank in ranks:
-        for name, p in reference.state_dict().items():
-            close(rank["model"][name].numpy(), p.numpy())
-
-
-def test_a_check_only_rank_0_makes_stops_every_rank(ranks):
-    """An --out another run holds: rank 0, which alone writes, meets it, and every rank stops
-    with it (rank 1 silently), none waiting for the others, none with a traceback."""
-    ranks, _ = ranks
-    assert "another run is writing there" in ranks[0]["met"]
-    assert ranks[1]["met"] == "rank 0 could not prepare --out"
-
-
-def test_torchrun_on_two_processes_trains_as_one_run(tmp_path):
-    """torchrun --nproc_per_node=2: exit 0, each epoch printed once, no warning;
-    last.safetensors holds the weights of one process stepping on both ranks' batches
-    together, with a new order each epoch (DistributedSampler: a permutation seeded with
-    seed + epoch, rank r taking every second index from r); the reported valid loss is the
-    one-process number."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    done = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node=2", mr.__file__, "--epochs", "2",
-         "--device", "cpu",  # gloo between CPU processes, also where there is a GPU
-         "--lr", str(DDP_LR), "--train", str(DATA / "train.csv"), "--test",
-         str(DATA / "test.csv"), "--out", "out"],
-        cwd=tmp_path, capture_output=True, text=True, check=False,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})  # else torchrun prints a notice about it
-    assert done.returncode == 0 and done.stderr == "", done.stderr
-    assert [line[:9] for line in done.stdout.splitlines() if line.startswith("epoch")] == [
-        "epoch   1", "epoch   2"]
-    data = TableDataset(DATA / "train.csv", valid_ratio=0.2, seed=0)
-    torch.manual_seed(0)
-    reference = ml.MLP(data.x.shape[1])  # main()'s initial weights for seed 0
-    optimizer = ml.make_optimizer(reference, DDP_LR)
-    for epoch in (1, 2):
-        order = torch.randperm(4800, generator=torch.Generator().manual_seed(0 + epoch))
-        for k in range(0, 2400, 16):  # 16 rows from each rank's share: one step on 32
-            rows = data.train_rows[torch.cat([order[0::2][k:k + 16], order[1::2][k:k + 16]])]
-            one_step(reference, optimizer, data.x[rows], data.y[rows])
-    last = weights_of(read_checkpoint(tmp_path / "out" / "last.safetensors")[0])
-    for name, p in reference.state_dict().items():
-        close(last[name].numpy(), p.numpy())
-    model, _ = checkpoints.load_model(tmp_path / "out" / "model.safetensors")
-    valid = speed.make_loader(Subset(data, data.valid_rows), 16, shuffle=False)
-    best = metrics(tmp_path / "out")["best_epoch"]
-    units = data.stats.target_span**2  # the run reports the MSE in the target's units
-    assert metrics(tmp_path / "out")["history"][best - 1]["valid_loss"] == ml.evaluate(
-        model, valid, nn.MSELoss(), "cpu") * units
-
-
-def test_the_process_group_is_torn_down_after_a_run_and_after_an_error(tmp_path, monkeypatch,
-                                                                       capsys):
-    """Under torchrun's environment (here a world of one), main() joins the process group and
-    leaves it at the end, and also when a bad input stops the run."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for name, value in {"TORCHELASTIC_RUN_ID": "job", "LOCAL_RANK": "0", "RANK": "0",
-                        "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": str(port)}.items():
-        monkeypatch.setenv(name, value)
-    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "1")
-    assert not dist.is_initialized() and metrics(out)["best_epoch"] == 1
-    with pytest.raises(SystemExit):
-        mr.main(["--train", str(tmp_path / "missing.csv"), "--out", str(out)])
-    assert not dist.is_initialized() and "missing.csv" in capsys.readouterr().err
-
-
-# --- Where learners are: Windows, macOS, notebooks, python -O, other torch releases ---
-
-AS_ON_WINDOWS_UNDER_OO = """
-import sys
-for name in ("fcntl", "resource", "termios"):
-    sys.modules[name] = None  # `import fcntl` fails, as on Windows
-sys.path.insert(0, {root!r})
-import minitorch_loop as ml
-import minitorch_run as mr
-ml.main(["--epochs", "1", "--out", "lesson"])
-mr.main(["--epochs", "1", "--out", "tool", "--train", {train!r}, "--test", {test!r}])
-try:
-    mr.main(["--out", "refused", "--train", {train!r}, "--test", {test!r}, "--resume", {bad!r}])
-except SystemExit as e:
-    print("exit", e.code)
-import pytest
-sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", {root!r}]))
-"""
-
-
-@pytest.fixture(scope="module")
-def portable_run(tmp_path_factory, previous_run):
-    """One process under python -OO (no asserts, no docstrings) with fcntl, resource and
-    termios hidden, as on Windows: the lesson and the tool train, the tool meets a damaged
-    checkpoint, and pytest collects the suite. Shared by the tests below: one start-up."""
-    tmp = tmp_path_factory.mktemp("portable")
-    x, y = regression(100, 3, seed=0)
-    script = AS_ON_WINDOWS_UNDER_OO.format(
-        root=str(Path(mr.__file__).parent), train=str(write_csv(tmp / "t.csv", x[:80], y[:80])),
-        test=str(write_csv(tmp / "u.csv", x[80:])),
-        bad=str(crafted(previous_run, tmp, fill("scaling.std", 0.0))))
-    done = subprocess.run([sys.executable, "-OO", "-c", script], cwd=tmp, capture_output=True,
-                          text=True, timeout=300, check=False)
-    return tmp, done
-
-
-def test_both_programs_train_and_the_suite_is_collected_without_posix_modules(portable_run):
-    """With fcntl, resource and termios missing (as on Windows), both programs train and
-    every test is collected. filelock, without fcntl here (and without Windows' msvcrt), falls
-    back to a soft lock and says so: the one warning expected."""
-    tmp, done = portable_run
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
-    warnings = [line for line in done.stderr.splitlines() if "Warning" in line]
-    assert warnings == [w for w in warnings if "only soft file lock is available" in w]
-    assert (tmp / "lesson" / "model.pt").exists()
-    assert metrics(tmp / "tool")["best_epoch"] == 1
-    assert re.fullmatch(r"\d+ tests collected in \S+s", done.stdout.splitlines()[-1])  # no errors
-
-
-def test_python_OO_runs_both_programs_and_keeps_their_checks(portable_run):
-    """python -OO (no asserts, no docstrings): the lesson and the tool train, and the tool
-    still refuses a damaged checkpoint in one line."""
-    tmp, done = portable_run
-    assert (tmp / "lesson" / "predictions.csv").exists()
-    assert (tmp / "tool" / "metrics.json").exists() and "exit 2" in done.stdout.splitlines()
-    refused = (f"error: {tmp / 'crafted.safetensors'}: a damaged or foreign checkpoint "
-               "(scaling); start afresh in a new --out")
-    assert [line for line in done.stderr.splitlines() if line.startswith("error: ")] == [refused]
-
-
-PROGRAMS = ["minitorch_loop.py", "minitorch_run.py", *Path(mr.__file__).parent.glob(
-    "minitorch_tool/*.py")]
-
-
-@pytest.mark.parametrize("path", PROGRAMS, ids=lambda p: Path(p).name)
-def test_no_input_check_lives_in_an_assert(path):
-    """python -O strips every assert: the programs hold none, so -O and -OO keep every check."""
-    tree = ast.parse((Path(mr.__file__).parent / path).read_text(encoding="utf-8"))
-    assert not [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]
+    line = refused(crafted(previous_run, tmp_path, craft), "momentum")
+    assert len(line) < 400
 
 
 def test_a_checkpoint_with_another_releases_optimizer_keys_resumes(previous_run, tmp_path):
@@ -1469,29 +1104,725 @@ def test_a_checkpoint_with_another_releases_optimizer_keys_resumes(previous_run,
     assert metrics(out)["best_epoch"] >= 1 and len(metrics(out)["history"]) == 3
 
 
+def test_a_model_file_of_weights_beyond_float32_is_refused(previous_run, tmp_path):
+    """1e300 is finite in float64 and inf in float32, the model's dtype: load_model refuses
+    it, where it would have predicted NaN."""
+    tensors, document = read_checkpoint(previous_run / "out" / "model.safetensors")
+    tensors[f"model.{NAMES[0]}"] = tensors[f"model.{NAMES[0]}"].double()
+    tensors[f"model.{NAMES[0]}"][0, 0] = 1e300
+    path = write_checkpoint(tmp_path / "model.safetensors", tensors, document)
+    with pytest.raises(InputError, match=f"a damaged or foreign checkpoint .model.{NAMES[0]}"):
+        checkpoints.load_model(path)
+
+
+def test_a_bug_in_the_checks_is_a_traceback_not_a_damaged_checkpoint(previous_run,
+                                                                      monkeypatch):
+    """The checks catch what a bad file raises, not everything: a bug of ours surfaces."""
+    def buggy(tensors, document):
+        raise TypeError("a bug of ours")
+
+    monkeypatch.setattr(checkpoints, "checked_scaling", buggy)
+    with pytest.raises(TypeError, match="a bug of ours"):
+        checkpoints.load_model(previous_run / "out" / "model.safetensors")
+
+
+def test_checkpoints_are_safetensors_with_a_json_document(previous_run):
+    """model.safetensors and last.safetensors: safetensors files (tensors, no pickle) whose
+    header holds one JSON document of plain values; the weights are the network's."""
+    for name, prefixes in (("model.safetensors", {"model", "scaling"}),
+                           ("last.safetensors", {"model", "best", "scaling", "rng"})):
+        tensors, document = read_checkpoint(previous_run / "out" / name)
+        optimizer = {"optimizer"} if name == "last.safetensors" else set()  # Adam's, say
+        assert prefixes <= {k.split(".")[0] for k in tensors} <= prefixes | optimizer
+        assert document["format"]
+        assert weights_of(tensors).keys() == ml.MLP(3).state_dict().keys()
+
+
+KEEPS_SAVING = """
+import contextlib, sys, safetensors.torch, torch
+sys.path.insert(0, {root!r})
+from minitorch_tool.outputs import Out
+with contextlib.ExitStack() as cleanup:
+    out = Out({folder!r}, cleanup, "cpu")
+    for i in range(10**6):
+        data = safetensors.torch.save({{"w": torch.full((2_000_000,), float(i))}}, {{"i": str(i)}})
+        print("saving", i, flush=True)
+        out.write({{"model.safetensors": (data, "")}})
+"""
+
+
+@posix_only("SIGKILL")
+def test_kill_9_while_saving_leaves_a_whole_checkpoint(tmp_path):
+    """A process killed at an arbitrary moment of its saves leaves a file that loads, and
+    holds one whole checkpoint."""
+    script = KEEPS_SAVING.format(root=str(ROOT), folder=str(tmp_path))
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                          text=True) as child:
+        for _ in range(3):  # let it save twice, then kill it inside the third save
+            child.stdout.readline()
+        time.sleep(0.005)  # here: while it writes or fsyncs its temporary file
+        child.send_signal(signal.SIGKILL)
+    with safetensors.safe_open(tmp_path / "model.safetensors", "pt") as f:
+        i, w = f.metadata()["i"], f.get_tensor("w")
+    assert torch.equal(w, torch.full((2_000_000,), float(i)))
+
+
+def test_a_failed_write_replaces_none_of_its_files(tmp_path, monkeypatch):
+    """Out.write writes all its files beside their names before it renames any: a failure
+    while writing one (a full disk) is one InputError that names it, the old files whole, and
+    no temporary file left. A file that Windows will not replace because another program holds
+    it open is one line that says so."""
+    for name in ("metrics.json", "loss.png"):
+        (tmp_path / name).write_text("old")
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: real_fsync(fd) if os.fstat(fd).st_size < 10 else
+                        (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with an_out(tmp_path) as out, pytest.raises(InputError, match="loss.png: cannot write it "
+                                                                  r"\(No space left"):
+        out.write({"metrics.json": (b"new", ""), "loss.png": (b"a new picture", "")})
+    monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(
+        PermissionError(13, "Permission denied")))
+    with an_out(tmp_path) as out, pytest.raises(InputError, match="cannot replace it "
+                                                "\\(Permission denied; is it open in another"):
+        out.write({"metrics.json": (b"new", "")})
+    assert sorted(os.listdir(tmp_path)) == ["loss.png", "metrics.json", outputs.LOCK]
+    assert all((tmp_path / n).read_text() == "old" for n in ("loss.png", "metrics.json"))
+
+
+@posix_only("symlinks without privileges, a umask and mode bits")
+def test_a_save_never_writes_through_a_planted_link_and_gets_the_umasks_mode(tmp_path,
+                                                                           monkeypatch):
+    """Temporary files get new random names, created exclusively: a link at a guessable name
+    cannot make a write go to the file it points to. A saved file gets what open() would give
+    (0644 under umask 022), with no chmod by a path someone could swap and no umask flipped."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "out").mkdir()
+    for planted in ("metrics.json.tmp", ".metrics.json.tmp"):
+        (tmp_path / "out" / planted).symlink_to(victim)
+    old = os.umask(0o022)
+    try:
+        for name in ("chmod", "umask"):
+            monkeypatch.setattr(os, name, lambda *a, name=name: pytest.fail(f"os.{name} called"))
+        with an_out(tmp_path / "out") as out:
+            out.write({"metrics.json": (b"{}", "")})
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert victim.read_text() == "keep me"
+    assert (tmp_path / "out" / "metrics.json").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("optimizer", ["the lesson's", "Adam"])
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, monkeypatch,
+                                                                  optimizer):
+    """Stop after 2 epochs, --resume to 4: the same weights, optimizer state, history and
+    predictions, to the bit, as 4 epochs in one go; with the lesson's optimizer, and with
+    Adam, whose state (steps, running averages) travels in last.safetensors. The optimizer
+    state is loaded once, into the optimizer that trains."""
+    if optimizer == "Adam":
+        monkeypatch.setattr(ml, "make_optimizer",
+                            lambda model, lr: torch.optim.Adam(model.parameters(), lr=lr))
+    loads, real = [], torch.optim.Optimizer.load_state_dict
+    monkeypatch.setattr(torch.optim.Optimizer, "load_state_dict",
+                        lambda self, state: loads.append(self) or real(self, state))
+    flags = ("--epochs", "4", "--patience", "9", "--seed", "3", "--lr", "0.3")
+    whole, _, _ = run_main(tmp_path / "whole", 3, True, *flags)
+    stopped, _, _ = run_main(tmp_path / "stopped", 3, True, *flags[:-2], "--lr", "0.3",
+                             "--epochs", "2")
+    resumed, _, _ = run_main(tmp_path / "stopped", 3, True, "--epochs", "4", "--patience", "9",
+                             "--resume", str(stopped / "last.safetensors"))
+    (a, a_doc), (b, b_doc) = (read_checkpoint(out / "last.safetensors") for out in (whole, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # rng, optimizer too
+    assert a_doc == b_doc  # history, settings, optimizer settings
+    assert (whole / "predictions.csv").read_bytes() == (resumed / "predictions.csv").read_bytes()
+    assert len(loads) == 1
+
+
+def test_a_flag_typed_on_resume_takes_effect_with_a_note(tmp_path, capsys):
+    """--resume with --lr 0.1: the run goes on with 0.1, says so, and last.safetensors
+    records it."""
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "1", "--lr", "0.05")
+    run_main(tmp_path, 3, True, "--epochs", "2", "--lr", "0.1", "--resume",
+             str(out / "last.safetensors"))
+    assert "--lr 0.1 replaces the stopped run's 0.05" in capsys.readouterr().out
+    _, last = read_checkpoint(out / "last.safetensors")
+    assert last["settings"]["lr"] == last["optimizer_groups"][0]["lr"] == 0.1
+
+
+def test_a_resume_restores_the_stopped_runs_settings(tmp_path):
+    """--resume alone: the stopped run's epochs, patience, lr and batch size, not the defaults."""
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "3", "--patience", "9", "--lr", "0.2",
+                         "--batch-size", "5")
+    (out / "metrics.json").unlink()
+    run_main(tmp_path, 3, True, "--resume", str(out / "last.safetensors"))
+    _, last = read_checkpoint(out / "last.safetensors")
+    assert last["settings"] == {"seed": 0, "valid_ratio": 0.2, "lr": 0.2, "batch_size": 5,
+                                "epochs": 3, "patience": 9} and last["epoch"] == 3
+
+
+@pytest.mark.parametrize("flag", ["--seed", "--valid-ratio"])
+def test_a_resume_with_another_split_is_refused(capsys, previous_run, tmp_path, flag):
+    """--seed and --valid-ratio pick the validation rows: a resume cannot change them."""
+    line = fails(capsys, previous_run, tmp_path, flag, "0.5" if "ratio" in flag else "7",
+                 "--resume", previous_run / "out" / "last.safetensors")
+    assert f"{flag} " in line and "picks its validation rows" in line
+
+
+def test_an_early_stopped_run_stays_stopped_and_keeps_a_copy_of_its_best(tmp_path, capsys):
+    """last.safetensors keeps its best model as a copy (deepcopy of the state_dict, which
+    holds live tensors): equal to model.safetensors, not to the last weights; resumed, the
+    stopped run trains no more epochs."""
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "60", "--patience", "2", "--lr", "20")
+    tensors, last = read_checkpoint(out / "last.safetensors")
+    best = weights_of(read_checkpoint(out / "model.safetensors")[0])
+    assert last["best_epoch"] < last["epoch"] < 60
+    assert all(torch.equal(tensors[f"best.{k}"], w) for k, w in best.items())
+    assert not all(torch.equal(tensors[f"model.{k}"], w) for k, w in best.items())
+    run_main(tmp_path, 3, True, "--resume", str(out / "last.safetensors"))
+    assert "it had stopped early" in capsys.readouterr().out
+    assert len(metrics(out)["history"]) == last["epoch"], "no epoch was added"
+
+
+def test_a_resume_into_another_out_that_fails_writes_nothing(capsys, previous_run, tmp_path):
+    """The best model so far reaches a new --out with the first finished epoch, not before:
+    a resumed run that diverges at once leaves that --out as it was."""
+    line = fails(capsys, previous_run, tmp_path, "--resume",
+                 previous_run / "out" / "last.safetensors", "--epochs", "5", "--lr", "1e30")
+    assert "the run diverged" in line
+
+
+def test_a_resume_into_another_out_with_no_epoch_left_writes_its_run_there(previous_run,
+                                                                           tmp_path):
+    """--resume A/last.safetensors --out B, with no epoch left to train: B holds one run, A's.
+    B's last.safetensors is the run B's model, predictions and metrics came from, so that a
+    later --resume B/last.safetensors goes on with it, not with B's own earlier run."""
+    b = tmp_path / "b"
+    run_main(b, 3, True, "--epochs", "1", "--seed", "5")  # B's own earlier run
+    a = previous_run / "out" / "last.safetensors"
+    mr.main(["--train", str(previous_run / "train.csv"), "--test",
+             str(previous_run / "test.csv"), "--out", str(b / "out"), "--resume", str(a)])
+    (a_tensors, a_doc), (b_tensors, b_doc) = map(read_checkpoint,
+                                                 (a, b / "out" / "last.safetensors"))
+    assert a_doc == b_doc and all(torch.equal(a_tensors[k], b_tensors[k]) for k in a_tensors)
+    assert metrics(b / "out")["history"] == a_doc["history"]
+
+
+# --- Never lose work: however a run ends, its one line says what --out holds ---
+
+def an_earlier_run(previous_run, tmp_path):
+    """An --out that holds an earlier run's six files; returns it and their bytes."""
+    out = tmp_path / "out"
+    shutil.copytree(previous_run / "out", out)
+    return out, {p.name: p.read_bytes() for p in out.iterdir() if p.name != outputs.LOCK}
+
+
+def stopped(capsys, out, previous_run, *flags):
+    """main() on the previous run's CSVs (or those `flags` name) into `out`, which must stop:
+    (exit code, its line)."""
+    with pytest.raises(SystemExit) as stop:
+        mr.main(["--train", str(previous_run / "train.csv"), "--test",
+                 str(previous_run / "test.csv"), "--out", str(out), "--epochs", "2",
+                 *map(str, flags)])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return stop.value.code, err.rstrip("\n")
+
+
+EARLIER = ("an earlier run's predictions.csv, metrics.json, loss.png, predictions.png "
+           "stay there")
+
+
+def test_a_test_row_the_model_cannot_predict_replaces_none_of_the_results(
+        capsys, previous_run, tmp_path):
+    """Test rows of ±3e38 fit float32, but the model's output for some does not, which only
+    training shows: one line naming the first such row and what the run wrote (its
+    checkpoints); predictions.csv, metrics.json and the pictures all stay the earlier run's."""
+    out, before = an_earlier_run(previous_run, tmp_path)
+    train = write_csv(tmp_path / "train.csv", *regression(200, 3, seed=1))  # features near 2
+    test = write_csv(tmp_path / "t.csv", *far_out(40, range(8)))
+    code, line = stopped(capsys, out, previous_run, "--train", train, "--test", test)
+    assert code == 2 and re.search(r"t.csv: data row [1-8]: the model's prediction for it is "
+                                   "not a finite number", line), line
+    assert (f"this run wrote last.safetensors (epoch 2), model.safetensors (epoch 2's model) "
+            f"in {out}; {EARLIER}; go on with: python minitorch_run.py ") in line
+    for name in ("predictions.csv", "metrics.json", "loss.png", "predictions.png"):
+        assert (out / name).read_bytes() == before[name]
+
+
+@posix_only("RLIMIT_FSIZE")
+def test_a_full_disk_at_the_pictures_replaces_none_of_the_results(capsys, previous_run,
+                                                                   tmp_path):
+    """The disk fills while the pictures are written (here: a file size limit that the
+    checkpoints and the CSV pass, and a PNG does not): one line that names the file and what
+    the run wrote; predictions.csv, metrics.json and the pictures stay the earlier run's, and
+    no temporary file is left."""
+    import resource  # POSIX only
+
+    out, before = an_earlier_run(previous_run, tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
+    try:
+        code, line = stopped(capsys, out, previous_run)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert code == 2 and ".png: cannot write it (File too large); this run wrote " in line
+    assert EARLIER in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()
+            if p.name not in ("last.safetensors", "model.safetensors", outputs.LOCK)} == {
+        n: b for n, b in before.items() if n not in ("last.safetensors", "model.safetensors")}
+
+
+@pytest.mark.parametrize("renamed", [False, True], ids=["before", "after"])
+def test_a_signal_while_a_file_is_renamed_says_it_may_have_been_replaced(
+        capsys, previous_run, tmp_path, monkeypatch, renamed):
+    """Ctrl-C lands in the rename of epoch 1's model.safetensors, before or after the rename
+    itself (torch's threads can take a signal: blocking it cannot help). The record is kept
+    from before each rename, so the line says the file may have been replaced, whichever it
+    was, and what is the earlier run's."""
+    out, _ = an_earlier_run(previous_run, tmp_path)
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "model.safetensors":
+            if renamed:
+                real(src, dst)
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    code, line = stopped(capsys, out, previous_run)
+    assert code == 130 and line.startswith(
+        f"interrupted: this run wrote last.safetensors (epoch 1) in {out}; "
+        f"{out / 'model.safetensors'} may have been replaced; {EARLIER}; go on with: ")
+    assert not [p for p in os.listdir(out) if p.startswith(".")], "no temporary file left"
+
+
+@pytest.mark.parametrize("existed", [True, False])
+def test_ctrl_c_before_any_file_is_replaced_says_so(capsys, previous_run, tmp_path,
+                                                    monkeypatch, existed):
+    """Ctrl-C inside the first save, with a last.safetensors stamped in the future (cp -p, a
+    tar): the run wrote nothing, and says so from its record, not from time stamps: "--out is
+    as it was", or, for an --out this run made, "nothing was written"."""
+    out, before = an_earlier_run(previous_run, tmp_path) if existed else (tmp_path / "new", {})
+    if existed:
+        os.utime(out / "last.safetensors", (time.time() + 3600, time.time() + 3600))
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(KeyboardInterrupt))
+    code, line = stopped(capsys, out, previous_run)
+    assert code == 130
+    assert line == f"interrupted: {out} is as it was" if existed else (
+        line == "interrupted: nothing was written")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != outputs.LOCK} == before
+
+
+@posix_only("signals")
+@pytest.mark.parametrize("name, code, twice", [("SIGTERM", 143, False), ("SIGHUP", 129, False),
+                                               ("SIGINT", 130, True)])
+def test_a_stop_signal_inside_a_save_is_one_line_and_leaves_no_temporary_file(
+        capsys, previous_run, tmp_path, monkeypatch, name, code, twice):
+    """kill (SIGTERM), a closed terminal (SIGHUP), Ctrl-C (twice, the second while the first
+    line is printed), each sent to this process in the middle of a save (epoch 2's
+    last.safetensors, written, not yet synced): exit 128 + the first signal, one line with what
+    was written and the command to go on, the half-written file removed, the whole ones
+    whole."""
+    signum, real_fsync, real_say, calls = getattr(signal, name), os.fsync, errors.say, []
+
+    def fsync(fd):  # the third: epoch 1 wrote last.safetensors, then model.safetensors
+        calls.append(fd)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signum)
+        real_fsync(fd)
+
+    def say(line):  # a second Ctrl-C, while the first line is printed
+        os.kill(os.getpid(), signal.SIGINT)
+        real_say(line)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    if twice:
+        monkeypatch.setattr(errors, "say", say)
+    out = tmp_path / "out"
+    exit_code, line = stopped(capsys, out, previous_run, "--epochs", "3")
+    assert exit_code == code
+    assert line.startswith("interrupted: this run wrote last.safetensors (epoch 1), "
+                           f"model.safetensors (epoch 1's model) in {out}; go on with: ")
+    assert sorted(os.listdir(out)) == ["last.safetensors", "model.safetensors", outputs.LOCK]
+    assert read_checkpoint(out / "last.safetensors")[1]["epoch"] == 1
+
+
+def test_the_first_line_wins_over_later_signals(capsys, previous_run, tmp_path, monkeypatch):
+    """A signal while the error line is printed, or after it (a double Ctrl-C, a SIGTERM after
+    a SIGINT), changes neither the output nor the exit code."""
+    real_say = errors.say
+
+    def say(line):
+        errors.on_stop_signal(signal.SIGTERM, None)  # as the handler is called by a signal
+        real_say(line)
+
+    monkeypatch.setattr(errors, "say", say)
+    code, line = stopped(capsys, tmp_path / "out", previous_run, "--lr", "0")
+    assert code == 2 and line.startswith("error: argument --lr")
+    assert errors.on_stop_signal(signal.SIGINT, None) is None  # after the line: nothing
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_closed_stdout_or_a_reader_that_leaves_does_not_stop_the_run(tmp_path, monkeypatch):
+    """python minitorch_run.py >&- (no stdout), or | head -1 (the reader leaves after one
+    line: every later write is a broken pipe): the run still writes every file."""
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, "w") as pipe:
+        for stdout in (None, pipe):
+            monkeypatch.setattr(sys, "stdout", stdout)
+            out, _, _ = run_main(tmp_path / str(stdout is None), 3, True, "--epochs", "1")
+            assert metrics(out)["best_epoch"] == 1 and (out / "predictions.png").exists()
+
+
+def start_run(tmp_path, *flags, **popen):
+    """minitorch_run.py as a process on small CSVs, writing to tmp_path/out."""
+    x, y = regression(300, 3, seed=0)
+    train = write_csv(tmp_path / "train.csv", x, y)
+    return subprocess.Popen(
+        [sys.executable, mr.__file__, "--train", str(train), "--test", str(train), "--out",
+         "out", *flags], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, **popen)
+
+
+@posix_only("SIGINT to a child process")
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    """Ctrl-C after an epoch, on the command line: exit 130, one line naming what the run
+    wrote and the exact command to go on with; last.safetensors is whole."""
+    with start_run(tmp_path, "--epochs", "100000", "--patience", "100000") as child:
+        while not child.stdout.readline().startswith("epoch"):
+            pass
+        child.send_signal(signal.SIGINT)
+        err = child.stderr.read()
+    assert child.returncode == 130 and err.count("\n") == 1, err
+    assert err.startswith("interrupted: this run wrote last.safetensors (epoch ")
+    assert err.rstrip().endswith("--patience 100000 --resume out/last.safetensors")
+    assert read_checkpoint(tmp_path / "out" / "last.safetensors")[1]["epoch"] >= 1
+
+
+STOPPED_WHILE_TORCH_LOADS = """
+import importlib.abc, os, runpy, signal, sys
+
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):  # as `import torch` begins: Ctrl-C
+        if name == "torch":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, Hook())
+sys.path.insert(0, {root!r})  # as `python minitorch_run.py` puts the program's folder first
+sys.argv = ["minitorch_run.py"]
+runpy.run_path({path!r}, run_name="__main__")
+"""
+
+
+@posix_only("signals")
+def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):
+    """Ctrl-C in the first second or two, while torch imports: one line, exit 130, no
+    traceback, nothing written."""
+    script = STOPPED_WHILE_TORCH_LOADS.format(path=mr.__file__, root=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 130
+    assert done.stderr == "interrupted while starting: nothing was written\n"
+    assert os.listdir(tmp_path) == []
+
+
+HOSTILE = """
+import json, os, re, resource, struct, sys
+sys.path.insert(0, {root!r})
+import numpy as np
+import torch
+import minitorch_run as mr
+flags = ["--train", {train!r}, "--test", {test!r}, "--out", {out!r}]
+bomb = []
+for _ in range(60):  # 2**60 leaves once expanded; 60 shared references in the pickle
+    bomb = [bomb, bomb]
+torch.save({{"settings": {{"seed": bomb}}}}, "bomb.pt")
+with open("deep.safetensors", "wb") as f:  # a header whose JSON nests 100 000 deep
+    header = json.dumps({{"__metadata__": {{"minitorch_run": "[" * 100_000}}}}).encode()
+    f.write(struct.pack("<Q", len(header)) + header)
+with open("huge.safetensors", "wb") as f:  # a tensor of 2**40 floats, 16 bytes of data
+    header = json.dumps({{"w": {{"dtype": "F32", "shape": [2**40],
+                               "data_offsets": [0, 2**42]}}}}).encode()
+    f.write(struct.pack("<Q", len(header)) + header + bytes(16))
+with open("one_line.csv", "w") as f:  # 50 MB and no newline
+    f.write("x" * 50_000_000)
+x = np.random.default_rng(0).random((120_000, 30))  # 35 MB of text, 29 MB as float64
+np.savetxt("big.csv", x, fmt="%.6f", delimiter=",", header=",".join(f"c{{j}}" for j in
+           range(30)), comments="")
+mapped = int(re.search(r"VmSize:\\s+(\\d+)", open("/proc/self/status").read())[1]) << 10
+limit = mapped + (1 << 30)  # 1 GiB more address space than torch (CPU or CUDA build) maps
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+runs = [["--resume", "bomb.pt"], ["--resume", "deep.safetensors"],
+        ["--resume", "huge.safetensors"], ["--train", "one_line.csv"], ["--train", "/dev/zero"]]
+for extra in runs:
+    try:
+        mr.main(flags + extra)
+    except SystemExit as e:
+        print("exit", e.code, flush=True)
+tight = int(re.search(r"VmSize:\\s+(\\d+)", open("/proc/self/status").read())[1]) << 10
+resource.setrlimit(resource.RLIMIT_AS, (tight + (40 << 20), limit))  # 40 MiB more: too few
+try:
+    mr.main(flags + ["--train", "big.csv", "--test", "big.csv"])
+except SystemExit as e:
+    print("exit", e.code, flush=True)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(),
+                    reason="needs Linux: /proc, RLIMIT_AS, /dev/zero")
+def test_hostile_files_are_one_line_in_bounded_memory(previous_run, tmp_path):
+    """A pickle of shared references (2**60 leaves), JSON nested 100 000 deep, a header that
+    claims a terabyte, a 50 MB line, /dev/zero: each is one line and exit code 2 with at most
+    1 GiB of address space beyond what torch maps, and --out keeps its files. A CSV that does
+    not fit the memory the process may use is one line too, exit 1. (The timeout only
+    guards a hang.)"""
+    out = tmp_path / "out"
+    shutil.copytree(previous_run / "out", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    script = HOSTILE.format(root=str(ROOT), out=str(out), train=str(previous_run / "train.csv"),
+                            test=str(previous_run / "test.csv"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.stdout.split("\n")[:-1] == ["exit 2"] * 5 + ["exit 1"], done.stdout + done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 6 and all(line.startswith("error: ") for line in lines), lines
+    assert "a checkpoint of an earlier version (torch.save)" in lines[0]
+    assert "its JSON does not read" in lines[1] and "not a checkpoint" in lines[2]
+    assert "line 1 is over 1048576 characters long" in lines[3]
+    assert "not a text file" in lines[4] and "error: out of memory" in lines[5]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# --- Scaling out: torchrun and DistributedDataParallel (CPU, gloo, 2 processes) ---
+
+DDP_LR = 0.01  # small: with Adam (an exercise), larger steps amplify the rounding in which
+#               the ranks' averaged gradients and one process's batch mean differ
+
+
+def one_step(model, optimizer, x, y):
+    """One step of the module's optimizer on the mean squared error of (x, y)."""
+    optimizer.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    optimizer.step()
+
+
+def test_torchrun_on_two_processes_trains_as_one_run(tmp_path):
+    """torchrun --nproc_per_node=2: exit 0, each epoch printed once, no warning. What makes
+    DDP correct: averaging the gradients of 2 ranks of b rows each is one step on their 2b
+    rows, so last.safetensors holds the weights of one process stepping on both ranks' batches
+    together (24 rows a rank: 5+5+5+5+4, a short last one), in a new order each epoch
+    (DistributedSampler: a permutation seeded with seed + epoch, rank r taking every second
+    index from r). The reported valid loss is the one-process number."""
+    x, y = regression(60, 3, seed=0)
+    data_csv = write_csv(tmp_path / "d.csv", x, y)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", mr.__file__, "--epochs", "2",
+         "--device", "cpu",  # gloo between CPU processes, also where there is a GPU
+         "--lr", str(DDP_LR), "--batch-size", "5", "--train", str(data_csv), "--test",
+         str(data_csv), "--out", "out"], cwd=tmp_path, capture_output=True, text=True,
+        check=False)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert [line[:9] for line in done.stdout.splitlines() if line.startswith("epoch")] == [
+        "epoch   1", "epoch   2"]
+    data = TableDataset(data_csv, valid_ratio=0.2, seed=0)
+    torch.manual_seed(0)
+    reference = ml.MLP(3)  # main()'s initial weights for seed 0
+    optimizer = ml.make_optimizer(reference, DDP_LR)
+    for epoch in (1, 2):
+        order = torch.randperm(48, generator=torch.Generator().manual_seed(0 + epoch))
+        for k in range(0, 24, 5):  # 5 rows from each rank's share: one step on 10
+            rows = data.train_rows[torch.cat([order[0::2][k:k + 5], order[1::2][k:k + 5]])]
+            one_step(reference, optimizer, data.x[rows], data.y[rows])
+    last = weights_of(read_checkpoint(tmp_path / "out" / "last.safetensors")[0])
+    for name, p in reference.state_dict().items():
+        close(last[name].numpy(), p.numpy())
+    model, _ = checkpoints.load_model(tmp_path / "out" / "model.safetensors")
+    valid = speed.make_loader(Subset(data, data.valid_rows), 5, shuffle=False)
+    best = metrics(tmp_path / "out")["best_epoch"]
+    units = data.stats.target_span**2  # the run reports the MSE in the target's units
+    assert metrics(tmp_path / "out")["history"][best - 1]["valid_loss"] == pytest.approx(
+        ml.evaluate(model, valid, nn.MSELoss(), "cpu") * units, rel=1e-6)
+
+
+def check_busy_out(rank, init_file, busy_out, result):
+    """Rank `rank` of 2: the check of an --out that another run holds, which only rank 0
+    makes; saves what it met."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        with an_out(busy_out):
+            met = "nothing"
+    except InputError as e:
+        met = str(e)
+    finally:
+        dist.destroy_process_group()
+    Path(f"{result}{rank}").write_text(met)
+
+
+def test_a_check_only_rank_0_makes_stops_every_rank(tmp_path):
+    """An --out another run holds: rank 0, which alone writes, meets it, and every rank stops
+    with it (rank 1 silently), none waiting for the others, none with a traceback."""
+    (tmp_path / "busy").mkdir()
+    with filelock.FileLock(tmp_path / "busy" / outputs.LOCK):  # another run holds it
+        torch.multiprocessing.spawn(check_busy_out, nprocs=2, args=(
+            str(tmp_path / "init"), str(tmp_path / "busy"), str(tmp_path / "met")))
+    assert "another run is writing there" in (tmp_path / "met0").read_text()
+    assert (tmp_path / "met1").read_text() == "rank 0 could not prepare --out"
+
+
+def torchrun_environment(monkeypatch, port, **names):
+    for name, value in {"TORCHELASTIC_RUN_ID": "job", "LOCAL_RANK": "0", "RANK": "0",
+                        "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                        **names}.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_the_process_group_is_torn_down_after_a_run_and_after_an_error(tmp_path, monkeypatch,
+                                                                       capsys):
+    """Under torchrun's environment (here a world of one), main() joins the process group and
+    leaves it at the end, and also when a bad input stops the run."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun_environment(monkeypatch, port)
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "1")
+    assert not dist.is_initialized() and metrics(out)["best_epoch"] == 1
+    with pytest.raises(SystemExit):
+        mr.main(["--train", str(tmp_path / "missing.csv"), "--out", str(out)])
+    assert not dist.is_initialized() and "missing.csv" in capsys.readouterr().err
+
+
+TORCHRUN = {"TORCHELASTIC_RUN_ID": "job"}
+
+
+@pytest.mark.parametrize("env, message", [
+    ({}, "LOCAL_RANK is set, but this is no torchrun job"),
+    ({**TORCHRUN, "RANK": "x"}, "RANK='x': torchrun sets it to a whole number"),
+    ({**TORCHRUN, "LOCAL_WORLD_SIZE": "x"}, "LOCAL_WORLD_SIZE='x': torchrun sets it to a whole"),
+    ({**TORCHRUN, "LOCAL_RANK": "-1"}, "LOCAL_RANK='-1': torchrun sets it to a whole number"),
+    ({**TORCHRUN, "LOCAL_RANK": "²"}, "LOCAL_RANK='²': torchrun sets it to a whole number"),
+    ({**TORCHRUN, "RANK": "5", "WORLD_SIZE": "1"}, "RANK=5 of WORLD_SIZE=1, LOCAL_RANK=0 of"),
+])
+def test_a_torchrun_variable_set_by_hand_is_one_line(capsys, previous_run, tmp_path,
+                                                     monkeypatch, env, message):
+    """LOCAL_RANK and friends set by hand, not by torchrun: one line, never a traceback."""
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert message in fails(capsys, previous_run, tmp_path, "--device", "cpu")
+
+
+def test_a_busy_master_port_is_one_line(capsys, previous_run, tmp_path, monkeypatch):
+    """A process group whose MASTER_PORT another program holds: one line, not a
+    DistNetworkError traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        torchrun_environment(monkeypatch, busy.getsockname()[1])
+        line = fails(capsys, previous_run, tmp_path, "--device", "cpu")
+    assert "no torchrun process group could be joined" in line and not dist.is_initialized()
+
+
 def test_torchrun_on_apples_mps_is_one_line(monkeypatch):
     """torch.distributed's backends take CPU or CUDA tensors: MPS under torchrun is refused
     with a line that names the way out."""
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     with pytest.raises(InputError, match="MPS has no process-group backend; add --device cpu"):
-        torchrun.join_torchrun(torch.device("mps"))
+        torchrun.join(torch.device("mps"), contextlib.ExitStack())
 
 
-def test_a_file_held_open_elsewhere_is_one_line(tmp_path, monkeypatch):
-    """Windows refuses to replace a file another program holds open (PermissionError): one
-    line that says so, and the old file and no temporary file left."""
-    (tmp_path / "metrics.json").write_text("old")
+# --- Where learners are: Windows, notebooks, python -OO, the console and matplotlib they bring ---
 
-    def held_open(src, dst):
-        raise PermissionError(13, "Permission denied")
+IN_A_FRESH_PROCESS = """
+import runpy, sys
+for name in ("fcntl", "resource", "termios"):
+    sys.modules[name] = None  # `import fcntl` fails, as on Windows
+sys.path.insert(0, {root!r})
+import minitorch_loop as ml
+import minitorch_run as mr
+ml.main(["--epochs", "1", "--out", "lesson"])
+for flags in (["--out", "結果", "--test", {unlabelled!r}],
+              ["--out", "結果", "--test", {unlabelled!r}, "--resume", "結果/last.safetensors"],
+              ["--out", "refused", "--resume", {bad!r}]):
+    try:
+        mr.main(["--epochs", "1", "--train", {train!r}, *flags])
+    except SystemExit as e:
+        print("exit", e.code)
+sys.argv = ["minitorch_run.py", "--train", "missing.csv"]
+try:
+    runpy.run_path({program!r}, run_name="__main__")
+except SystemExit as e:
+    print("command line: exit", e.code)
+import pytest
+sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", {root!r}]))
+"""
 
-    monkeypatch.setattr(os, "replace", held_open)
-    held = "cannot replace it .Permission denied; is it open in another program"
-    with pytest.raises(InputError, match=held), outputs.atomic_file(tmp_path / "metrics.json") as f:
-        f.write(b"new")
-    assert os.listdir(tmp_path) == ["metrics.json"]
-    assert (tmp_path / "metrics.json").read_text() == "old"
+
+@pytest.fixture(scope="module")
+def fresh_process(tmp_path_factory, previous_run):
+    """One process that brings what learners' machines bring: python -OO (no asserts, no
+    docstrings); fcntl, resource and termios hidden, as on Windows; a console that encodes
+    cp1252 (Windows, output redirected); a notebook's MPLBACKEND, whose module this venv
+    lacks; a matplotlibrc with text.usetex and a savefig.dpi of 20000; an MPLCONFIGDIR that
+    cannot be written. In it: the lesson and the tool train, the tool writes into --out 結果
+    and resumes there, meets a damaged checkpoint and, from the command line, a missing file;
+    and pytest collects the suite. Shared by the tests below: one start-up."""
+    tmp = tmp_path_factory.mktemp("fresh")
+    x, y = regression(100, 3, seed=0)
+    (tmp / "rc").mkdir()
+    (tmp / "rc" / "matplotlibrc").write_text("text.usetex: True\nsavefig.dpi: 20000\n")
+    script = IN_A_FRESH_PROCESS.format(
+        root=str(ROOT), program=mr.__file__, train=str(write_csv(tmp / "t.csv", x[:80], y[:80])),
+        unlabelled=str(write_csv(tmp / "u.csv", x[80:])),
+        bad=str(crafted(previous_run, tmp, fill("scaling.std", 0.0))))
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252", "MATPLOTLIBRC": str(tmp / "rc"),
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+           "MPLCONFIGDIR": "/dev/null/mpl"}
+    done = subprocess.run([sys.executable, "-OO", "-c", script], cwd=tmp, capture_output=True,
+                          timeout=300, check=False, env=env)
+    return tmp, done.returncode, done.stdout.decode("cp1252"), done.stderr.decode("cp1252")
+
+
+def test_both_programs_train_and_the_suite_is_collected_without_posix_modules(fresh_process):
+    """With fcntl, resource and termios missing (as on Windows), both programs train and
+    every test is collected. filelock, without fcntl here (and without Windows' msvcrt), falls
+    back to a soft lock and says so: the one warning expected."""
+    tmp, code, out, err = fresh_process
+    assert code == 0, out[-2000:] + err
+    warnings = [line for line in err.splitlines() if "Warning" in line]
+    assert warnings == [w for w in warnings if "only soft file lock is available" in w]
+    assert (tmp / "lesson" / "model.pt").exists() and (tmp / "lesson" / "predictions.csv").exists()
+    assert re.fullmatch(r"\d+ tests collected in \S+s", out.splitlines()[-1])  # no errors
+
+
+def test_python_OO_keeps_every_check_and_the_command_line_prints_no_traceback(fresh_process):
+    """python -OO (no asserts, no docstrings): the tool still refuses a damaged checkpoint in
+    one line; from the command line, a missing file is one line and exit 2, no traceback."""
+    tmp, _, out, err = fresh_process
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    refusal = (f"error: {tmp / 'crafted.safetensors'}: a damaged or foreign checkpoint "
+               "(scaling): use the code that wrote it, or start afresh in a new --out")
+    assert lines == [refusal, "error: missing.csv: No such file or directory"]
+    assert "Traceback" not in err and "command line: exit 2" in out
+
+
+def test_a_console_matplotlib_and_a_notebook_cannot_break_the_end_of_a_run(fresh_process):
+    """cp1252 cannot encode 結果: the lines that name it say it escaped, never crash. The
+    notebook's MPLBACKEND and the matplotlibrc (usetex without LaTeX, dpi 20000) reach no
+    picture: every run ends with all its files, the pictures at matplotlib's default size."""
+    from matplotlib.image import imread
+    tmp, _, out, _ = fresh_process
+    assert out.splitlines().count("exit 2") == 1 and "exit 1" not in out
+    assert "resuming \\u7d50\\u679c" in out  # 結果, as cp1252 can show it
+    assert "no test MSE: the test CSV has no target column" in out
+    for name in outputs.OUTPUTS:
+        assert (tmp / "結果" / name).exists(), name
+    assert imread(tmp / "結果" / "loss.png").shape[:2] == (400, 600)  # 6 x 4 inches, dpi 100
 
 
 class DeviceDtypes(TorchFunctionMode):
@@ -1523,394 +1854,7 @@ def test_no_float64_tensor_goes_to_the_runs_device(tmp_path):
     assert torch.float32 in seen.dtypes and torch.float64 not in seen.dtypes
 
 
-# --- Never lose work, round three: hostile checkpoints, honest interruptions, numbers ---
-
-HOSTILE = """
-import json, os, re, resource, struct, sys
-sys.path.insert(0, {root!r})
-import torch
-import minitorch_run as mr
-mapped = int(re.search(r"VmSize:\\s+(\\d+)", open("/proc/self/status").read())[1]) << 10
-limit = mapped + (1 << 30)  # 1 GiB more address space than torch (CPU or CUDA build) maps
-resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-flags = ["--train", {train!r}, "--test", {test!r}, "--out", {out!r}]
-bomb = []
-for _ in range(60):  # 2**60 leaves once expanded; 60 shared references in the pickle
-    bomb = [bomb, bomb]
-torch.save({{"settings": {{"seed": bomb}}}}, "bomb.pt")
-with open("deep.safetensors", "wb") as f:  # a header whose JSON nests 100 000 deep
-    header = json.dumps({{"__metadata__": {{"minitorch_run": "[" * 100_000}}}}).encode()
-    f.write(struct.pack("<Q", len(header)) + header)
-with open("huge.safetensors", "wb") as f:  # a tensor of 2**40 floats, 16 bytes of data
-    header = json.dumps({{"w": {{"dtype": "F32", "shape": [2**40],
-                               "data_offsets": [0, 2**42]}}}}).encode()
-    f.write(struct.pack("<Q", len(header)) + header + bytes(16))
-with open("one_line.csv", "w") as f:  # 50 MB and no newline
-    f.write("x" * 50_000_000)
-runs = [["--resume", "bomb.pt"], ["--resume", "deep.safetensors"],
-        ["--resume", "huge.safetensors"], ["--train", "one_line.csv"], ["--train", "/dev/zero"]]
-for extra in runs:
-    try:
-        mr.main(flags + extra)
-    except SystemExit as e:
-        print("exit", e.code, flush=True)
-"""
-
-
-@pytest.mark.skipif(not Path("/proc/self/status").exists(),
-                    reason="needs Linux: /proc, RLIMIT_AS, /dev/zero")
-def test_hostile_files_are_one_line_in_bounded_memory(previous_run, tmp_path):
-    """A pickle of shared references (2**60 leaves), JSON nested 100 000 deep, a header that
-    claims a terabyte, a 50 MB line, /dev/zero: each is one line and exit code 2 with at most
-    1 GiB of address space beyond what torch maps, and --out keeps its files. (The timeout
-    only guards a hang.)"""
-    out = tmp_path / "out"
-    shutil.copytree(previous_run / "out", out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    script = HOSTILE.format(root=str(Path(mr.__file__).parent), out=str(out),
-                            train=str(previous_run / "train.csv"),
-                            test=str(previous_run / "test.csv"))
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, check=False)
-    assert done.stdout.split("\n")[:-1] == ["exit 2"] * 5, done.stdout + done.stderr
-    lines = done.stderr.splitlines()
-    assert len(lines) == 5 and all(line.startswith("error: ") for line in lines), lines
-    assert "a checkpoint of an earlier version (torch.save)" in lines[0]
-    assert "its JSON does not read" in lines[1] and "not a checkpoint" in lines[2]
-    assert "line 1 is over 1048576 characters long" in lines[3]
-    assert "not a text file" in lines[4]
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-
-
-def test_a_model_file_of_weights_beyond_float32_is_refused(previous_run, tmp_path):
-    """1e300 is finite in float64 and inf in float32, the model's dtype: load_model refuses
-    it, where it would have predicted NaN."""
-    tensors, document = read_checkpoint(previous_run / "out" / "model.safetensors")
-    tensors["model.net.0.weight"] = tensors["model.net.0.weight"].double()
-    tensors["model.net.0.weight"][0, 0] = 1e300
-    path = write_checkpoint(tmp_path / "model.safetensors", tensors, document)
-    with pytest.raises(InputError, match="a damaged or foreign checkpoint .model.net.0.weight"):
-        checkpoints.load_model(path)
-
-
-ESCAPE = "\x1b]0;owned\x07\x1b[2J"  # sets the terminal's title, clears the screen
-
-
-def test_text_from_a_file_never_reaches_the_terminal_raw(capsys, previous_run, tmp_path):
-    """A column name or an optimizer's class name with escape sequences, from a CSV or a
-    checkpoint: the line shows them escaped (\\x1b), and cut short."""
-    x, _ = regression(5, 3, seed=0)
-    bad = tmp_path / "escape.csv"
-    with open(bad, "w", newline="") as f:
-        csv.writer(f).writerows([[ESCAPE * 20, "f1", "f2"], *x.tolist()])
-    class_name = crafted(previous_run, tmp_path,
-                         lambda t, d: d.update(optimizer_class=ESCAPE + "SGD"))
-    for flags in (("--test", bad), ("--resume", class_name)):
-        line = fails(capsys, previous_run, tmp_path, *flags)
-        shutil.rmtree(tmp_path / "out")
-        assert "\x1b" not in line and "\x07" not in line and "\\x1b]0;owned\\x07" in line
-        assert len(line) < 400
-
-
-def interrupt_on(monkeypatch, module, name, calls=1):
-    """Make module.name raise KeyboardInterrupt on its `calls`-th call, as Ctrl-C would there."""
-    real, count = getattr(module, name), []
-
-    def interrupted(*args, **kwargs):
-        count.append(1)
-        if len(count) == calls:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, interrupted)
-
-
-def test_ctrl_c_between_the_two_saves_of_an_epoch_says_what_was_written(
-        capsys, previous_run, tmp_path, monkeypatch):
-    """Ctrl-C after an epoch's last.safetensors and before its model.safetensors: the line
-    names what this run wrote (last.safetensors, epoch 1) and how to go on; model.safetensors
-    is the earlier run's still."""
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "model.safetensors").write_bytes(b"an earlier run's model")
-    interrupt_on(monkeypatch, checkpoints, "save_model")
-    with pytest.raises(SystemExit) as stop:
-        mr.main(["--train", str(previous_run / "train.csv"), "--test",
-                 str(previous_run / "test.csv"), "--out", str(out), "--epochs", "2"])
-    line = capsys.readouterr().err
-    assert stop.value.code == 130 and line.count("\n") == 1
-    assert line.startswith(f"interrupted: this run wrote last.safetensors (epoch 1) in {out}; "
-                           "go on with: python minitorch_run.py ")
-    assert (out / "model.safetensors").read_bytes() == b"an earlier run's model"
-
-
-def test_ctrl_c_before_any_save_says_nothing_changed_whatever_the_time_stamps(
-        capsys, previous_run, tmp_path, monkeypatch):
-    """Ctrl-C inside the first save, with a last.safetensors stamped in the future (cp -p, a
-    tar): the run wrote nothing, and says so; the files are as they were."""
-    out = tmp_path / "out"
-    shutil.copytree(previous_run / "out", out)
-    os.utime(out / "last.safetensors", (time.time() + 3600, time.time() + 3600))
-    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != outputs.LOCK}
-    interrupt_on(monkeypatch, checkpoints, "save_last")
-    with pytest.raises(SystemExit) as stop:
-        mr.main(["--train", str(previous_run / "train.csv"), "--test",
-                 str(previous_run / "test.csv"), "--out", str(out), "--epochs", "2"])
-    assert stop.value.code == 130
-    assert capsys.readouterr().err == f"interrupted before an epoch ended: {out} is as it was\n"
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != outputs.LOCK} == before
-
-
-@posix_only("signals")
-@pytest.mark.parametrize("name, code, twice", [("SIGTERM", 143, False), ("SIGHUP", 129, False),
-                                               ("SIGINT", 130, True)])
-def test_a_stop_signal_inside_a_save_is_one_line_and_leaves_no_temporary_file(
-        capsys, previous_run, tmp_path, monkeypatch, name, code, twice):
-    """kill (SIGTERM), a closed terminal (SIGHUP), Ctrl-C (twice, the second while the first is
-    handled), each sent to this process in the middle of a save (epoch 2's last.safetensors,
-    written, not yet synced): exit 128 + the signal, one line with what was written and the
-    command to go on, the half-written file removed, the whole ones whole."""
-    signum, real_fsync, real_say, calls = getattr(signal, name), os.fsync, errors.say_error, []
-
-    def fsync(fd):  # the third save: epoch 1 wrote last.safetensors, then model.safetensors
-        calls.append(fd)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signum)
-        real_fsync(fd)
-
-    def say_error(line):  # a second Ctrl-C, while the first is handled
-        os.kill(os.getpid(), signal.SIGINT)
-        real_say(line)
-
-    monkeypatch.setattr(outputs.os, "fsync", fsync)
-    if twice:
-        monkeypatch.setattr(errors, "say_error", say_error)
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as stop:
-        mr.main(["--train", str(previous_run / "train.csv"), "--test",
-                 str(previous_run / "test.csv"), "--out", str(out), "--epochs", "3"])
-    err = capsys.readouterr().err
-    assert stop.value.code == code and err.count("\n") == 1, err
-    assert err.startswith("interrupted: this run wrote last.safetensors (epoch 1), "
-                          f"model.safetensors (epoch 1's model) in {out}; go on with: ")
-    assert sorted(os.listdir(out)) == ["last.safetensors", "model.safetensors", outputs.LOCK]
-    assert read_checkpoint(out / "last.safetensors")[1]["epoch"] == 1
-
-
-STOPPED_WHILE_TORCH_LOADS = """
-import importlib.abc, os, runpy, signal, sys
-
-class Hook(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):  # as `import torch` begins: Ctrl-C
-        if name == "torch":
-            os.kill(os.getpid(), signal.SIGINT)
-        return None
-
-sys.meta_path.insert(0, Hook())
-sys.argv = ["minitorch_run.py"]
-runpy.run_path({path!r}, run_name="__main__")
-"""
-
-
-@posix_only("signals")
-def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):
-    """Ctrl-C in the first second or two, while torch imports: one line, exit 130, no
-    traceback, nothing written."""
-    script = STOPPED_WHILE_TORCH_LOADS.format(path=mr.__file__)
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, check=False)
-    assert done.returncode == 130
-    assert done.stderr == "interrupted while starting: nothing was written\n"
-    assert os.listdir(tmp_path) == []
-
-
-def test_a_target_in_tiny_units_is_refused_not_shown_as_zero(capsys, previous_run, tmp_path):
-    """The same file with its target times 1e-161: every loss times target_span² would round
-    to 0 in float64, and the run would report a test MSE of 0. One line instead."""
-    x, y = regression(60, 3, seed=0)
-    tiny = write_csv(tmp_path / "tiny.csv", x, y * 1e-161)
-    line = fails(capsys, previous_run, tmp_path, "--train", tiny, "--test", tiny)
-    assert "target y spans only" in line and "cannot be told from 0" in line
-
-
-@pytest.mark.parametrize("target", [1e20, 1e21])
-def test_a_validation_target_whose_error_overflows_float32_is_named(capsys, previous_run,
-                                                                     tmp_path, target):
-    """One target of 1e20 or 1e21 among validation rows whose training rows lie in [0, 1]:
-    its squared error is beyond float32. The row is named, before training; the run never
-    says "diverged" for it."""
-    x, y = regression(60, 3, seed=0)
-    path = write_csv(tmp_path / "t.csv", x, y)
-    row = int(TableDataset(path, valid_ratio=0.2).valid_rows[0])
-    y[row] = target
-    path = write_csv(tmp_path / "t.csv", x, y)
-    line = fails(capsys, previous_run, tmp_path, "--train", path, "--valid-ratio", "0.2")
-    assert f"data row {row + 1}, a validation row, has target {target:g}" in line
-    assert "diverged" not in line
-
-
-TORCHRUN = {"TORCHELASTIC_RUN_ID": "job"}
-
-
-@pytest.mark.parametrize("env, message", [
-    ({}, "LOCAL_RANK is set, but this is no torchrun job"),
-    ({**TORCHRUN, "RANK": "x"}, "RANK='x': torchrun sets it to a whole number"),
-    ({**TORCHRUN, "LOCAL_WORLD_SIZE": "x"}, "LOCAL_WORLD_SIZE='x': torchrun sets it to a whole"),
-    ({**TORCHRUN, "LOCAL_RANK": "-1"}, "LOCAL_RANK='-1': torchrun sets it to a whole number"),
-    ({**TORCHRUN, "LOCAL_RANK": "²"}, "LOCAL_RANK='²': torchrun sets it to a whole number"),
-    ({**TORCHRUN, "RANK": "5", "WORLD_SIZE": "1"}, "RANK=5 of WORLD_SIZE=1, LOCAL_RANK=0 of"),
-])
-def test_a_torchrun_variable_set_by_hand_is_one_line(capsys, previous_run, tmp_path,
-                                                     monkeypatch, env, message):
-    """LOCAL_RANK and friends set by hand, not by torchrun: one line, never a traceback."""
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    assert message in fails(capsys, previous_run, tmp_path, "--device", "cpu")
-
-
-def test_a_busy_master_port_is_one_line(capsys, previous_run, tmp_path, monkeypatch):
-    """A process group whose MASTER_PORT another program holds: one line, not a
-    DistNetworkError traceback."""
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        for name, value in {**TORCHRUN, "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1",
-                            "MASTER_ADDR": "127.0.0.1",
-                            "MASTER_PORT": str(busy.getsockname()[1])}.items():
-            monkeypatch.setenv(name, value)
-        line = fails(capsys, previous_run, tmp_path, "--device", "cpu")
-    assert "no torchrun process group could be joined" in line and not dist.is_initialized()
-
-
-@posix_only("/dev/full and a pipe closed early")
-@pytest.mark.parametrize("stderr", ["/dev/full", "closed pipe"])
-def test_a_bad_flag_exits_2_even_when_stderr_cannot_be_written(tmp_path, stderr):
-    """2>/dev/full, or 2>&1 | true: the line cannot be written, and the exit code still says
-    what happened: 2."""
-    redirect = "2>/dev/full" if stderr == "/dev/full" else "2>&1 | true; exit ${PIPESTATUS[0]}"
-    done = subprocess.run(["bash", "-c", f"{sys.executable} {mr.__file__} --lr 0 {redirect}"],
-                          cwd=tmp_path, capture_output=True, text=True, check=False)
-    assert done.returncode == 2, done.stderr
-
-
-@posix_only("os.mkfifo")
-def test_a_carriage_return_csv_from_a_pipe_reads_as_from_disk(tmp_path):
-    """Old Mac line ends (\\r only): from a named pipe, the same table as from the disk."""
-    x, y = regression(40, 3, seed=0)
-    plain = write_csv(tmp_path / "plain.csv", x, y)
-    text = plain.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r")
-    (tmp_path / "cr.csv").write_bytes(text)
-    fifo = tmp_path / "pipe.csv"
-    os.mkfifo(fifo)
-    writer = threading.Thread(target=lambda: fifo.write_bytes(text))
-    writer.start()
-    piped = TableDataset(fifo)
-    writer.join()
-    assert torch.equal(piped.x, TableDataset(tmp_path / "cr.csv").x) and len(piped) == 40
-
-
-def test_a_save_changes_no_mode_by_path_and_no_umask(tmp_path, monkeypatch):
-    """The temporary file is created with mode 0o666 (the umask applies), never chmod-ed by a
-    path someone could swap for a link, and the process's umask is never flipped."""
-    for name in ("chmod", "umask"):
-        monkeypatch.setattr(os, name, lambda *a, name=name: pytest.fail(f"os.{name} called"))
-    with outputs.atomic_file(tmp_path / "metrics.json") as f:
-        f.write(b"{}")
-    assert (tmp_path / "metrics.json").read_bytes() == b"{}"
-
-
-def test_a_bug_in_the_checks_is_a_traceback_not_a_damaged_checkpoint(previous_run,
-                                                                      monkeypatch):
-    """The checks catch what a bad file raises, not everything: a bug of ours surfaces."""
-    def buggy(tensors, document):
-        raise TypeError("a bug of ours")
-
-    monkeypatch.setattr(checkpoints, "checked_scaling", buggy)
-    with pytest.raises(TypeError, match="a bug of ours"):
-        checkpoints.load_model(previous_run / "out" / "model.safetensors")
-
-
-@given(n=rows, batch_size=batch_sizes, drop_last=st.booleans())
-def test_the_batch_sampler_yields_as_many_batches_as_its_len(n, batch_size, drop_last):
-    """TensorBatchSampler: len() and what it yields agree, drop_last or not."""
-    sampler = speed.TensorBatchSampler(range(n), batch_size, drop_last)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == (n // batch_size if drop_last else -(-n // batch_size))
-
-
-def test_a_resume_loads_the_optimizer_state_once(previous_run, tmp_path, monkeypatch):
-    """The stopped run's optimizer state is checked, then loaded once, into the optimizer that
-    trains."""
-    loads = []
-    real = torch.optim.Optimizer.load_state_dict
-    monkeypatch.setattr(torch.optim.Optimizer, "load_state_dict",
-                        lambda self, state: loads.append(self) or real(self, state))
-    run_main(tmp_path, 3, True, "--resume", str(previous_run / "out" / "last.safetensors"),
-             "--epochs", "3")
-    assert len(loads) == 1
-
-
-@pytest.mark.parametrize("encoding, message", [
-    ("utf-16", "UTF-16 text; save it as UTF-8"),
-    ("latin-1", "not UTF-8 text (Latin-1, or another encoding?); save it as UTF-8"),
-])
-def test_a_file_in_another_encoding_is_named(capsys, previous_run, tmp_path, encoding, message):
-    """A CSV saved as UTF-16 or Latin-1 says which, and what to do."""
-    bad = tmp_path / "bad.csv"
-    bad.write_bytes("a,b,é\n1,2,0.5\n3,4,0.25\n5,6,1\n".encode(encoding))
-    assert f"{bad}: {message}" in fails(capsys, previous_run, tmp_path, "--train", bad)
-
-
-SIGNS = np.array([[a, b, c] for a in (1, -1) for b in (1, -1) for c in (1, -1)])
-
-
-def far_out(n_rows, rows):
-    """Features near 2 and targets in [0, 1], but `rows` (8 of them) hold ±3e38 in every sign
-    pattern: within float32, yet far enough out that the model's output overflows for some."""
-    x, y = regression(n_rows, 3, seed=0)
-    x[rows] = 3e38 * SIGNS
-    return x, y
-
-
-def test_a_test_row_the_model_cannot_predict_is_named_before_predictions_are_written(
-        capsys, tmp_path):
-    """Test rows of ±3e38 fit float32, but the model's output for some does not: one line
-    naming the first such row, and predictions.csv and metrics.json are left as they were
-    (no file of NaN predictions)."""
-    x, y = far_out(40, range(8))
-    out = tmp_path / "out"
-    out.mkdir()
-    for name in ("predictions.csv", "metrics.json"):
-        (out / name).write_text("an earlier run's")
-    train = write_csv(tmp_path / "train.csv", *regression(200, 3, seed=1))  # features near 2
-    with pytest.raises(SystemExit) as stop:
-        main_on(out, train, write_csv(tmp_path / "t.csv", x, y))
-    line = capsys.readouterr().err
-    assert stop.value.code == 2 and re.search(r"t.csv: data row [1-8]: the model's prediction "
-                                              "for it is not a finite number", line), line
-    assert all((out / n).read_text() == "an earlier run's" for n in ("predictions.csv",
-                                                                     "metrics.json"))
-
-
-def test_a_validation_row_the_model_cannot_predict_is_named_not_called_divergence(
-        capsys, previous_run, tmp_path):
-    """Validation rows of ±3e38: the training loss is finite, the validation loss NaN. The
-    line names the first such row; it does not say the run diverged."""
-    x, y = regression(200, 3, seed=0)
-    rows = TableDataset(write_csv(tmp_path / "t.csv", x, y), valid_ratio=0.2).valid_rows[:8]
-    path = write_csv(tmp_path / "t.csv", *far_out(200, rows))
-    line = fails(capsys, previous_run, tmp_path, "--train", path, "--test", path)
-    named = int(re.search(r"data row (\d+), a validation row: the model's output for it",
-                          line)[1])
-    assert named - 1 in rows.tolist() and "diverged" not in line
-
-
-def test_a_huge_optimizer_setting_is_cut_short_in_the_line(capsys, previous_run, tmp_path):
-    """A crafted optimizer setting of 2 MB: refused, and shown in the line cut short."""
-    def craft(tensors, document):
-        document["optimizer_groups"][0]["momentum"] = "\x1b[31mA" * 200_000
-
-    line = fails(capsys, previous_run, tmp_path, "--resume",
-                 crafted(previous_run, tmp_path, craft))
-    assert len(line) < 400 and "\x1b" not in line
+def test_cpu_0_is_the_cpu(tmp_path):
+    """--device cpu:0 names the CPU: the run ends, and its checkpoints load."""
+    out, _, _ = run_main(tmp_path, 3, True, "--epochs", "1", "--device", "cpu:0")
+    assert metrics(out)["best_epoch"] == 1 and checkpoints.load_model(out / "model.safetensors")

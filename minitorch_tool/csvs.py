@@ -1,55 +1,35 @@
-"""Reading a CSV: numbers, or one line that says where the file breaks; and the Dataset the
-tool trains on, whose rows are fetched a whole batch at a time (see speed.py)."""
+"""CSVs: a file read as numbers, or one line that says where it breaks; and TableDataset, the
+lesson's CsvDataset for real files, whose rows are fetched a batch at a time (see speed.py)."""
 
 import csv
 import io
 import math
 import warnings
-from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+import minitorch_loop as ml
 from minitorch_tool.errors import InputError, quoted, shown
 from minitorch_tool.scaling import FLOAT32_MAX, Scaling
 
 
-class Table(NamedTuple):
-    features: np.ndarray  # (N, C) float64: every feature column of the file
-    target: np.ndarray | None  # (N, 1) float64, or None: a test file may leave it out
-    ids: list[str] | range  # (N,): the cells of an `id` column, as written, or 0 .. N-1
-    feature_names: list[str]
-    target_name: str  # the header of the target column
-    path: str
-
-
-def read_table(path, stats=None, valid_ratio=0.0) -> Table:
-    """A training CSV (stats=None: features, then the target), or a file read with a training
-    file's `stats` (the same feature columns, the target optional). A first column named id
-    (any case) holds row ids: kept as text, never a feature. A training file must leave rows
-    to train on after valid_ratio."""
-    header, table, ids = read_csv(path)
-    n_rows, n_columns = table.shape
-    names = stats and stats.feature_names  # None for a Scaling built by hand
-    n_features = n_columns - 1 if stats is None else len(names or stats.mean)
+def feature_columns(path, header, stats) -> int:
+    """How many of the file's columns (`header`) are features: all but the last of a training
+    file (stats=None); a file read with a training file's `stats` has its feature columns,
+    the same names in the same order, then the target or not."""
+    names = stats and stats.feature_names  # None for a Scaling made by hand
+    n_features = len(header) - 1 if stats is None else len(names or stats.mean)
     if n_features < 1:
         raise InputError(f"{path}: no feature columns; it needs features, then the target last")
-    if n_columns not in (n_features, n_features + 1):
-        raise InputError(f"{path}: {n_columns} columns; expected the training file's "
+    if len(header) not in (n_features, n_features + 1):
+        raise InputError(f"{path}: {len(header)} columns; expected the training file's "
                          f"{n_features} features, with the target after them or without")
     if names and header[:n_features] != names:  # a shifted column would train on nonsense
         j = next(j for j, (a, b) in enumerate(zip(header, names, strict=False)) if a != b)
-        raise InputError(f"{path}: column {j + 1 + (ids is not None)} is {quoted(header[j])}; "
-                         f"the training file's is {quoted(names[j])}: it needs the same feature "
-                         "columns")
-    n_valid = round(valid_ratio * n_rows)  # as CsvDataset splits
-    if stats is None and (n_rows - n_valid < 2 or (valid_ratio > 0 and n_valid == 0)):
-        raise InputError(f"{path}: {n_rows} rows are too few to hold out {valid_ratio:g} "
-                         f"of them for validation and train on at least 2")
-    target = table[:, n_features:] if n_columns > n_features else None
-    ids = ids if ids is not None else range(n_rows)  # written as 0 .. N-1
-    return Table(table[:, :n_features], target, ids, header[:n_features], header[-1], path)
+        raise InputError(f"{path}: feature column {j + 1} is {quoted(header[j])}; the training "
+                         f"file's is {quoted(names[j])}: it needs the same feature columns")
+    return n_features
 
 
 def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
@@ -66,15 +46,13 @@ def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
                 f.seek(len(first_line))
             header = next(csv.reader([first_line]), None) if first_line else None
             check_header(path, header)
-            first = int(has_ids(header))  # 1: column 0 holds ids, which need not be numbers
+            first = int(header[0].strip().lower() == "id")  # 1: column 0 holds ids, as text
             table = numbers_after_the_header(f, first)
             if table is not None and len(table) == 0:
                 raise InputError(f"{path}: a header but no data rows")
-            if table is None or table.shape[1] != len(header):
+            if table is None or table.shape[1] != len(header) or not (
+                    np.abs(table[:, first:]) <= FLOAT32_MAX).all():  # NaN, inf, too large
                 raise InputError(f"{path}: {first_bad_cell(f, header, first)}")
-            bad = np.argwhere(~(np.abs(table[:, first:]) <= FLOAT32_MAX))  # NaN, inf, too large
-            if len(bad):
-                raise InputError(f"{path}: {first_bad_cell(f, header, first, *bad[0])}")
             ids = first_cells(f) if first else None
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
@@ -122,9 +100,7 @@ def numbers_after_the_header(f, first) -> np.ndarray | None:
 def first_cells(f) -> list[str]:
     """The first cell of each data row of `f`, as written (blank lines skipped, as by numpy)."""
     f.seek(0)
-    rows = csv.reader(f)
-    next(rows)
-    return [cells[0] for cells in rows if cells]
+    return [cells[0] for cells in csv.reader(f) if cells][1:]
 
 
 def check_header(path, header):
@@ -134,62 +110,73 @@ def check_header(path, header):
         raise InputError(f"{path}: line 1 is blank; the first line must name the columns")
     if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
         raise InputError(f"{path}: line 1 has no commas; columns must be comma-separated")
-    if all(is_number(name) for name in header):
+    if all(size(name) < math.inf for name in header):
         raise InputError(f"{path}: line 1 holds numbers; the first line must name the columns")
 
 
-def has_ids(header) -> bool:
-    return header[0].strip().lower() == "id"
-
-
-def is_number(text) -> bool:
+def size(text) -> float:
+    """The size of the number in `text` (inf for inf), or NaN: not a number."""
     try:
-        return math.isfinite(float(text))
+        return abs(float(text))
     except ValueError:
-        return False
+        return math.nan
 
 
-def first_bad_cell(f, header, first=0, row=None, column=None) -> str:
-    """Where the table in `f` breaks: a row of the wrong width, a cell that is not a number
-    (from column `first` on), or the cell at (`row`, `column`), too large for float32."""
+def first_bad_cell(f, header, first) -> str:
+    """Where the table in `f` breaks: a row of the wrong width, or a cell (from column `first`
+    on) that is not a finite number, or too large for float32, the model's dtype."""
     f.seek(0)
     reader = csv.reader(f)
     next(reader)
-    for i, cells in enumerate(filter(None, reader)):  # blank lines are skipped, as by numpy
+    for cells in filter(None, reader):  # blank lines are skipped, as by numpy
         where = f"line {reader.line_num}"
         if len(cells) != len(header):
             return f"{where} has {len(cells)} columns; the header, {len(header)}"
-        bad = [j for j, cell in enumerate(cells) if j >= first and not is_number(cell)]
-        if bad or i == row:
-            j = bad[0] if bad else first + column
-            problem = "is not a finite number" if bad else "is too large for float32"
-            return f"{where}, column {j + 1} ({shown(header[j])}): {quoted(cells[j])} {problem}"
+        for j, cell in enumerate(cells[first:], first):
+            if not size(cell) <= FLOAT32_MAX:
+                problem = ("is too large for float32" if size(cell) < math.inf else
+                           "is not a finite number")
+                return f"{where}, column {j + 1} ({shown(header[j])}): {quoted(cell)} {problem}"
     return "not a table of numbers"  # what numpy refuses and float() takes, as 1_000
 
 
 
-class TableDataset(Dataset):
-    """A checked CSV as a Dataset: the lesson's CsvDataset for real files. A training file
-    (stats=None) holds out valid_ratio of its rows for validation, drawn by `seed`; every file
-    is scaled with the training rows' Scaling, features and target alike. __getitem__ takes a
-    row index or a tensor of them: the batched loader (speed.py) asks for B rows at once."""
+class TableDataset(ml.CsvDataset):
+    """A checked CSV as a Dataset: the lesson's CsvDataset (its __getitem__ and __len__) for
+    real files. A training file (stats=None) holds out valid_ratio of its rows for validation,
+    split by the lesson's split_rows; every file is scaled with the training rows' Scaling,
+    features and target alike. A test file's last column is its target only by the training
+    target's name. __getitem__ takes a row index or a tensor of them: the batched loader
+    (speed.py) asks for B rows at once."""
 
     def __init__(self, path, stats=None, valid_ratio=0.0, seed=0):
-        table = read_table(path, stats, valid_ratio)  # numbers, checked; ids apart
-        features = torch.from_numpy(table.features)  # (N, F) float64: all feature columns
-        order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
-        n_valid = round(valid_ratio * len(features))
-        self.valid_rows, self.train_rows = order[:n_valid], order[n_valid:]
-        self.stats = Scaling.fit(features, table, self.train_rows) if stats is None else stats
+        header, table, ids = read_csv(path)  # numbers, checked; the ids apart
+        n_features = feature_columns(path, header, stats)
+        rows = ml.split_rows(len(table), valid_ratio, seed)
+        self.train_rows, self.valid_rows = rows["train"], rows["valid"]
+        if stats is None and (len(self.train_rows) < 2 or (valid_ratio and not len(
+                self.valid_rows))):
+            raise InputError(f"{path}: {len(table)} rows are too few to hold out "
+                             f"{valid_ratio:g} of them for validation and train on at least 2")
+        self.unscored = None  # why a test file has no test MSE, or None
+        if len(header) == n_features:
+            self.unscored = "the test CSV has no target column"
+        elif stats is not None and stats.feature_names and header[-1] != stats.target_name:
+            self.unscored = (f"its last column, {quoted(header[-1])}, is not the target "
+                             f"{quoted(stats.target_name)}")
+        features = torch.from_numpy(table[:, :n_features])  # (N, F) float64
+        target = None if self.unscored else table[:, n_features:]  # (N, 1) float64, or None
+        self.stats = stats or Scaling.fit(features[self.train_rows],
+                                          target[self.train_rows], header, path)
         # x' = (x - mean) / std in float64, then float32 like the weights (dtypes must agree)
         self.x = torch.sub(features, self.stats.mean).div_(self.stats.std).float()  # (N, F)
         # y' = (y - target_low) / target_span, inside the Sigmoid's (0, 1): see Scaling
-        self.y = None if table.target is None else self.stats.scaled(table.target)  # (N, 1)
-        self.ids = table.ids  # (N,): the id column, or 0 .. N-1
+        self.y = None if target is None else self.stats.scaled(target)  # (N, 1)
+        self.ids = ids if ids is not None else range(len(table))  # as written, or 0 .. N-1
         self.path = path
-
-    def __getitem__(self, i):  # row i: x (F,), y (1,); B rows at once: (B, F), (B, 1)
-        return (self.x[i],) if self.y is None else (self.x[i], self.y[i])
-
-    def __len__(self):
-        return len(self.x)
+        for name, values in (("feature", self.x), ("target", self.y)):  # float32 overflows
+            bad = [] if values is None else (~torch.isfinite(values)).nonzero()
+            if len(bad):  # a row far from the training rows (1e36 where their std is 0.001)
+                raise InputError(f"{path}: data row {int(bad[0, 0]) + 1}, {name} "
+                                 f"{int(bad[0, 1]) + 1}: too far from the training rows' "
+                                 "values; scaled, it overflows float32")

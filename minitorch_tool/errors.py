@@ -1,12 +1,16 @@
-"""Errors: a bad file or flag, Ctrl-C or a kill ends a run with one line and no traceback."""
+"""Errors: however a run ends early, one line on stderr and no traceback. A bad file or flag
+exits with 2, a torch failure (out of memory, a torchrun peer gone) with 1, Ctrl-C or a kill
+with 128 + the signal's number. The first line wins: a signal after it changes nothing.
+
+This room imports no torch, so that minitorch_run.py can catch a Ctrl-C while torch loads.
+"""
 
 import contextlib
+import io
 import os
 import signal
 import sys
 import threading
-
-import torch.distributed as dist
 
 # What stops a run from outside: Ctrl-C, kill (and docker stop, timeout, a scheduler's time
 # limit), a closed terminal. Windows has no SIGHUP.
@@ -26,66 +30,82 @@ class Stopped(KeyboardInterrupt):
         self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for kill
 
 
-@contextlib.contextmanager
-def one_line_errors(interrupted):
-    """The run's guard. An InputError ends it with one line on stderr and exit code 2; Ctrl-C,
-    SIGTERM or SIGHUP with the line interrupted() returns and exit code 128 + the signal's
-    number; no traceback either way (and under torchrun, from rank 0 only). A second signal
-    while the first is handled waits. Output to a closed pipe (| head) is dropped, not fatal.
-    Yields an ExitStack for what must be undone at the end (the lock on --out); the process
-    group of torchrun is left, and the signal handlers put back, whatever ends the run."""
-    stdout = sys.stdout
-    sys.stdout = QuietWhenPipeCloses(stdout or open(os.devnull, "w"))  # noqa: SIM115 (>&-)
-    handlers = catch_stop_signals()
-    try:
-        with contextlib.ExitStack() as cleanup:
-            yield cleanup
-    except InputError as e:
-        say_error(f"error: {e}")
-        sys.exit(2)
-    except dist.DistError as e:  # a process of the torchrun job stopped: its rank 0 says why
-        say_error(f"error: a process of this torchrun job stopped ({first_line(e)})")
-        sys.exit(2)
-    except KeyboardInterrupt as e:
-        say_error(interrupted())
-        sys.exit(getattr(e, "exit_code", 128 + signal.SIGINT))
-    finally:
-        sys.stdout = stdout
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        if dist.is_initialized():
-            dist.destroy_process_group()
+phase = "starting"  # while torch loads; then "running" in a run; "ended" once its line is out
+
+
+def on_stop_signal(signum, frame):
+    """A stop signal: while the program starts, one line and exit; in a run, Stopped where the
+    run is; after the run's line, nothing."""
+    global phase
+    if phase == "starting":
+        say("interrupted while starting: nothing was written")
+        os._exit(128 + signum)
+    if phase == "running":
+        phase = "ended"  # a second signal, while the first is handled, is ignored
+        raise Stopped(signum)
 
 
 def catch_stop_signals() -> dict:
-    """From here on a stop signal raises Stopped where the run is; the handlers it replaces
-    are returned, to be put back. Only the main thread can set them (a notebook's is)."""
+    """Stop signals go to on_stop_signal from now on; returns the handlers it replaces. Only
+    the main thread can set them (a notebook's is)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-
-    def stop(signum, frame):
-        for s in STOP_SIGNALS:  # a second Ctrl-C must not break the cleanup of the first
-            signal.signal(s, signal.SIG_IGN)
-        raise Stopped(signum)
-
-    return {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    return {s: signal.signal(s, on_stop_signal) for s in STOP_SIGNALS}
 
 
-def say_error(line):
-    """The line on stderr, every control character in it escaped (a file's name or cell
-    could hold an escape sequence for the terminal), from rank 0 only: under torchrun every
-    rank meets the same error. Never fails: with stderr closed or full the exit code speaks."""
-    rank = dist.get_rank() if dist.is_initialized() else rank_before_joining()
-    if rank != 0:
-        return
+@contextlib.contextmanager
+def one_line_errors(summary):
+    """The run's guard: whatever stops the run is one line, `summary()` appended (what --out
+    holds now, or None before the run has an --out). Yields an ExitStack for what must be
+    undone at the end (the lock on --out, the torchrun process group). A notebook's own
+    signal handlers are put back at the end; on the command line ours stay, ignoring late
+    signals. stdout is a Console: a closed pipe or a console's encoding cannot stop the run."""
+    global phase
+    stdout, sys.stdout = sys.stdout, Console(sys.stdout)
+    replaced, phase = catch_stop_signals(), "running"
     try:
-        print(printable(line), file=sys.stderr, flush=True)
-    except (OSError, ValueError):  # 2>/dev/full, 2>&1 | true, a closed stderr
-        with contextlib.suppress(OSError, ValueError):  # nor at exit, when Python flushes
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        with contextlib.ExitStack() as cleanup:
+            yield cleanup
+    except (InputError, MemoryError, RuntimeError, KeyboardInterrupt) as e:
+        code, line = ending(e)  # a RuntimeError not of torch's failures: a bug, re-raised
+        phase = "ended"
+        held = summary()
+        say(f"{line}: {held or 'nothing was written'}" if code > 128 else
+            f"{line}; {held}" if held else line)
+        sys.exit(code)
+    finally:
+        phase = "ended"
+        sys.stdout = stdout
+        for signum, handler in replaced.items():
+            if handler is not on_stop_signal:  # a notebook's own
+                signal.signal(signum, handler)
 
 
-def rank_before_joining() -> int:
+def ending(error) -> tuple[int, str]:
+    """The exit code and the line for what stopped the run; a bug of ours is raised again."""
+    import torch  # loaded by now: imported here so that this room loads without it
+
+    if isinstance(error, InputError):
+        return 2, f"error: {error}"
+    if isinstance(error, KeyboardInterrupt):
+        return getattr(error, "exit_code", 128 + signal.SIGINT), "interrupted"
+    if isinstance(error, MemoryError | torch.OutOfMemoryError) or (
+            "can't allocate memory" in str(error)):  # the CPU allocator's RuntimeError
+        return 1, f"error: out of memory ({first_line(error)}); try a smaller --batch-size"
+    if isinstance(error, torch.distributed.DistError):  # a process of the job stopped
+        return 1, f"error: a process of this torchrun job stopped ({first_line(error)})"
+    raise error
+
+
+def say(line):
+    """The line on stderr, every control character escaped (a file's name or cell could hold
+    an escape sequence for the terminal), from rank 0 only: under torchrun every rank meets
+    the same error. Never fails: with stderr closed or full the exit code speaks."""
+    if rank() == 0:
+        Console(sys.stderr).write(printable(line) + "\n")
+
+
+def rank() -> int:
     """This process's rank as torchrun set it (with TORCHELASTIC_RUN_ID, a RANK below
     WORLD_SIZE), or 0: a plain run, or variables set by hand, whose errors must be seen."""
     rank, world = (os.environ.get(name, "") for name in ("RANK", "WORLD_SIZE"))
@@ -99,7 +119,7 @@ def printable(text) -> str:
 
 
 def shown(text, limit=40) -> str:
-    """A name from a file, for a message: cut to `limit` characters (say_error escapes it)."""
+    """A name from a file, for a message: cut to `limit` characters (say escapes it)."""
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
@@ -112,20 +132,24 @@ def first_line(error) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
-class QuietWhenPipeCloses:
-    """sys.stdout for the run. When the program reading a pipe exits (| head -1), print would
-    raise BrokenPipeError and stop the run halfway through its files; instead the rest of the
-    output goes to os.devnull. The same for any other failed write (> /dev/full)."""
+class Console:
+    """A stream (stdout, stderr) whose writes never stop the run. A character the console's
+    encoding lacks (cp1252 and 結果) is written as its escape. When the program reading a
+    pipe exits (| head -1), or the disk is full, the rest goes to os.devnull."""
 
     def __init__(self, stream):
-        self.stream = stream
+        self.stream = stream or io.StringIO()  # None: Python started with it closed (>&-)
 
     def write(self, text):
         try:
             self.stream.write(text)
             self.stream.flush()  # now, while we can catch it, not at exit
-        except OSError:  # BrokenPipeError among them
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        except UnicodeEncodeError:
+            encoding = self.stream.encoding
+            self.write(text.encode(encoding, "backslashreplace").decode(encoding))
+        except (OSError, ValueError):  # BrokenPipeError among them; ValueError: closed
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
         return len(text)
 
     def __getattr__(self, name):  # flush, fileno, isatty, ...: the stream's own

@@ -1,15 +1,18 @@
-"""Flags and devices: each checked before anything is read or written. The defaults the
-lesson shares (epochs, batch size, learning rate, seed, device) are the lesson's own."""
+"""Flags: each checked before anything is read or written. The defaults the lesson shares
+(epochs, batch size, learning rate, seed, device) are the lesson's own, and so are the data
+files: found beside the lesson, from any working directory."""
 
 import argparse
+import os
+import shlex
 
 import numpy as np
 
 import minitorch_loop as ml
 from minitorch_tool.errors import InputError
-from minitorch_tool.scaling import FLOAT32_MAX
 
 LESSON = ml.parse_args([])  # the lesson's defaults: one place for each
+FLOAT32 = np.finfo(np.float32)  # the model computes in float32
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -36,7 +39,7 @@ def bounded(kind, low, high):
 SETTINGS = {
     "seed": bounded(int, 0, 2**32 - 1),
     "valid_ratio": bounded(float, 0, 1),
-    "lr": bounded(float, float(np.finfo(np.float32).tiny), FLOAT32_MAX),  # > 0 in float32 too
+    "lr": bounded(float, float(FLOAT32.tiny), float(FLOAT32.max)),  # > 0 in float32 too
     "batch_size": bounded(int, 1, 2**63 - 1),
     "epochs": bounded(int, 1, 2**63 - 1),
     "patience": bounded(int, 1, 2**63 - 1),
@@ -47,21 +50,19 @@ FIXED_SETTINGS = ("seed", "valid_ratio")  # they pick the validation rows: a res
 def parse_args(argv):
     p = OneLineArgumentParser(description="The notes' training loop for your own CSV files.",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--train", default="data/train.csv",
+    p.add_argument("--train", default=os.path.join(ml.DATA, "train.csv"),
                    help="training CSV: a header row, features, the target last")
-    p.add_argument("--test", default="data/test.csv", help="test CSV, with or without the target")
-    p.add_argument("--epochs", type=SETTINGS["epochs"], default=LESSON.epochs,
-                   help="epochs in all, resumed ones included")
-    p.add_argument("--batch-size", type=SETTINGS["batch_size"], default=LESSON.batch_size,
-                   help="rows per SGD step, as in the notes")
-    p.add_argument("--lr", type=SETTINGS["lr"], default=LESSON.lr,
-                   help="learning rate; MSE through a Sigmoid has small gradients")
-    p.add_argument("--seed", type=SETTINGS["seed"], default=LESSON.seed,
-                   help="fixes the split, the initial weights and the batch order")
-    p.add_argument("--valid-ratio", type=SETTINGS["valid_ratio"], default=0.2,
-                   help="share of the training CSV held out for validation")
-    p.add_argument("--patience", type=SETTINGS["patience"], default=3,
-                   help="stop after this many epochs without a better validation loss")
+    p.add_argument("--test", default=os.path.join(ml.DATA, "test.csv"),
+                   help="test CSV, with or without the target")
+    for name, default, text in (
+            ("epochs", LESSON.epochs, "epochs in all, resumed ones included"),
+            ("batch_size", LESSON.batch_size, "rows per SGD step, as in the notes"),
+            ("lr", LESSON.lr, "learning rate of the lesson's optimizer"),
+            ("seed", LESSON.seed, "fixes the split, the initial weights and the batch order"),
+            ("valid_ratio", 0.2, "share of the training CSV held out for validation"),
+            ("patience", 3, "stop after this many epochs without a better validation loss")):
+        p.add_argument("--" + name.replace("_", "-"), type=SETTINGS[name], default=default,
+                       help=text)
     p.add_argument("--device", type=ml.pick_device, default=LESSON.device,
                    help="auto, cpu, cuda, cuda:N or mps; auto takes a GPU when there is one")
     p.add_argument("--out", default="runs",
@@ -72,3 +73,28 @@ def parse_args(argv):
     p.set_defaults(**dict.fromkeys(vars(args)))  # parsed again without defaults: what was typed
     args.typed = {name for name, value in vars(p.parse_args(argv)).items() if value is not None}
     return args
+
+
+def settings(args, stopped) -> dict:
+    """The run's settings: the flags', or with --resume the stopped run's, where a flag typed
+    with another value takes effect with a note, except --seed and --valid-ratio, which fix
+    the validation rows: another value there is refused."""
+    chosen = {name: getattr(args, name) for name in SETTINGS}
+    for name, saved in (stopped or {}).get("settings", {}).items():
+        value, flag = chosen[name], "--" + name.replace("_", "-")
+        if name not in args.typed or value == saved:
+            chosen[name] = saved
+        elif name in FIXED_SETTINGS:
+            raise InputError(f"{flag} {value}: the stopped run in {args.resume} has {flag} "
+                             f"{saved}, which picks its validation rows; drop the flag to "
+                             "resume, or start a new run in a new --out")
+        else:
+            print(f"{flag} {value} replaces the stopped run's {saved}")
+    return chosen
+
+
+def resume_command(argv, last) -> str:
+    """The command that goes on with the run saved in `last`: argv, with --resume last."""
+    flags = [a for a, prev in zip(argv, [None, *argv], strict=False)
+             if "--resume" not in (prev, a.split("=")[0])]  # drop an old --resume X
+    return shlex.join(["python", "minitorch_run.py", *flags, "--resume", last])

@@ -1,5 +1,6 @@
-"""What a run writes to --out: each file whole or not at all, one run at a time, and the
-predictions, metrics and pictures at the end."""
+"""Outputs: the files of a run in --out, one run at a time, each file whole, and a record of
+what this run has written there, so that however the run ends, its line says what --out holds.
+"""
 
 import contextlib
 import csv
@@ -7,175 +8,119 @@ import io
 import json
 import os
 import secrets
-import sys
-import tempfile
 
 import filelock
-import torch
-from torch import nn
-from tqdm import tqdm
 
-import minitorch_loop as ml
 from minitorch_tool.errors import InputError
-from minitorch_tool.speed import make_loader
 from minitorch_tool.torchrun import all_ranks_agree, writes_files
 
 OUTPUTS = ("model.safetensors", "last.safetensors", "predictions.csv", "metrics.json",
            "loss.png", "predictions.png")
 LOCK = "run.lock"  # in --out while a run writes there
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)  # Windows: bytes
 
 
 class Out:
-    """--out, and what this run has written there, each file with what it holds: known in
-    memory, so an interrupted run says exactly what it changed, never guessed from a file's
-    time stamp."""
+    """--out, locked for this run, and the record of what this run has written there: known
+    in memory, never guessed from a file's time stamp. Under torchrun rank 0 alone writes;
+    its check of --out decides for every rank."""
 
-    def __init__(self, path):
-        self.path, self.written = path, {}  # file name -> what it holds
-
-    @contextlib.contextmanager
-    def file(self, name, holds=""):
-        """A file of --out to write through atomic_file."""
-        with atomic_file(os.path.join(self.path, name)) as f:
-            yield f
+    def __init__(self, path, cleanup, device):
+        self.path, self.existed = path, os.path.isdir(path)
+        self.earlier = [n for n in OUTPUTS if os.path.isfile(os.path.join(path, n))]
+        self.written, self.renaming = {}, None  # file name -> what it holds; a rename under way
+        error = None
         if writes_files():
-            self.written[name] = holds
+            try:
+                lock(path, cleanup)
+            except InputError as e:
+                error = e
+        if not all_ranks_agree(error is None, device):
+            raise error or InputError("rank 0 could not prepare --out")  # only rank 0 prints
 
-
-@contextlib.contextmanager
-def atomic_file(path):
-    """A file to write `path` through: a new temporary file beside it, renamed over it once
-    whole. A crash or kill -9 at any moment leaves the old file or the new one, never half of
-    one (os.replace is atomic, and fsync first means a power cut cannot reorder the two). An
-    error (a full disk), Ctrl-C or a kill removes the temporary file. It gets a random name,
-    is created only if no file or link has that name (O_EXCL: never written through a link
-    planted there), and with mode 0o666 less the umask, as open() would give: no chmod later,
-    by a path someone else could swap. Under torchrun only rank 0 writes: on the other ranks
-    the file is os.devnull."""
-    if not writes_files():
-        with open(os.devnull, "wb") as f:
-            yield f
-        return
-    folder, name = os.path.split(os.fspath(path))
-    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)  # Windows: bytes
-    created = False
-    try:
-        with os.fdopen(os.open(tmp, flags, 0o666), "wb") as f:
-            created = True
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if created:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-        if isinstance(e, PermissionError) and created:  # Windows: another program has it open
+    def write(self, files):
+        """Write `files` ({name: (bytes, what it holds)}) whole: each to a new temporary file
+        beside it first, all of them, then each renamed over its name. A failure while they
+        are written (a full disk) replaces none. A crash at any moment leaves each file old
+        or new, never half of one: os.replace is atomic, and fsync first means a power cut
+        cannot reorder the two. Each rename is recorded before it starts. A temporary file gets
+        a random name and is created only if no file or link has it (O_EXCL: never written
+        through a link planted there), with mode 0o666 less the umask, as open() gives."""
+        if not writes_files():
+            return
+        temporary, path = {}, self.path
+        try:
+            for name, (data, _) in files.items():
+                path = os.path.join(self.path, name)
+                tmp = os.path.join(self.path, f".{name}.{secrets.token_hex(6)}")
+                with os.fdopen(os.open(tmp, NEW_FILE, 0o666), "wb") as f:
+                    temporary[name] = tmp
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            for name, (_, holds) in files.items():
+                path, self.renaming = os.path.join(self.path, name), name
+                os.replace(temporary[name], path)
+                del temporary[name]
+                self.written[name], self.renaming = holds, None
+        except PermissionError as e:  # Windows will not replace a file another program holds
             raise InputError(f"{path}: cannot replace it ({e.strerror}; is it open in another "
                              "program?)") from None
-        if isinstance(e, OSError):
+        except OSError as e:
             raise InputError(f"{path}: cannot write it ({e.strerror or e})") from None
-        raise
+        finally:
+            for tmp in temporary.values():
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+
+    def summary(self) -> str:
+        """What --out holds now: as it was, or what this run wrote (a file whose rename was
+        under way may have been replaced) and what is an earlier run's."""
+        if not self.written and self.renaming is None:
+            return f"{self.path} is as it was" if self.existed else "nothing was written"
+        wrote = ", ".join(f"{n} ({holds})" if holds else n for n, holds in self.written.items())
+        earlier = ", ".join(n for n in self.earlier if n not in [*self.written, self.renaming])
+        return "; ".join(part for part in (
+            wrote and f"this run wrote {wrote} in {self.path}",
+            self.renaming and f"{os.path.join(self.path, self.renaming)} may have been replaced",
+            earlier and f"an earlier run's {earlier} stay there") if part)
 
 
-def make_out_dir(out, cleanup, device):
-    """--out, made if need be, writable, with no directory where an output goes, and locked
-    for this run until it ends: a second run there is refused, not interleaved with it. The
-    lock is filelock's, which works on every platform; its file, run.lock, stays in --out.
-    Under torchrun rank 0 checks, and every rank learns the outcome: all go on, or all stop."""
-    error = None
-    if writes_files():
-        try:
-            lock_out_dir(out.path, cleanup)
-        except InputError as e:
-            error = e
-    if not all_ranks_agree(error is None, device):
-        raise error or InputError("rank 0 could not prepare --out")  # only rank 0 prints
-
-
-def lock_out_dir(path, cleanup):
+def lock(path, cleanup):
+    """--out, made if need be, with no directory where an output goes, and locked for this run
+    until it ends: a second run there is refused, not interleaved with it. The lock is
+    filelock's, which works on every platform; its file, run.lock, stays in --out."""
     try:
         os.makedirs(path, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()  # can we write there?
-    except OSError as e:
-        raise InputError(f"--out {path}: cannot write there ({e.strerror})") from None
-    for name in OUTPUTS:
-        if os.path.isdir(os.path.join(path, name)):
-            raise InputError(f"--out {path}: {name} is a directory; the run writes a file there")
-    try:
+        for name in OUTPUTS:
+            if os.path.isdir(os.path.join(path, name)):
+                raise InputError(f"--out {path}: {name} is a directory; the run writes a file "
+                                 "there")
         cleanup.enter_context(filelock.FileLock(os.path.join(path, LOCK), timeout=0))
     except filelock.Timeout:
         raise InputError(f"--out {path}: another run is writing there; wait for it to end, "
                          "or choose another --out") from None
     except OSError as e:
-        raise InputError(f"--out {path}: cannot lock it ({e.strerror})") from None
+        raise InputError(f"--out {path}: cannot write there ({e.strerror})") from None
 
 
-def report(out, preds, test_set, train_targets, run):
-    """Write predictions.csv (the test file's ids, each with its prediction, in the target's
-    units) and metrics.json; print the test MSE beside that of always predicting the mean
-    training target: a model that learned nothing. All in the target's units. A prediction
-    that is not a finite number is one line that names its row, before either is written."""
-    row = first_non_finite(preds)
-    if row is not None:
-        raise InputError(f"{test_set.path}: data row {row + 1}: the model's prediction for it "
-                         "is not a finite number (its features lie too far from the training "
-                         "rows' for float32); drop or fix the row")
+def results(test_set, preds, run, train_targets) -> tuple[dict, str]:
+    """predictions.csv (the test file's ids, each with its prediction) and metrics.json, for
+    Out.write, and the line that reports the test MSE beside that of always predicting the
+    mean training target: a model that learned nothing. All in the target's units, float64."""
     stats, targets = test_set.stats, test_set.y
-    preds, targets, train_targets = (None if t is None else t.double()  # squares of 1e20: float64
-                                     for t in (preds, targets, train_targets))
-    mse = None if targets is None else nn.functional.mse_loss(preds, targets).item()
-    test_mse = None if mse is None else mse * stats.target_span**2
+    preds, train_targets = stats.in_target_units(preds), stats.in_target_units(train_targets)
     table = io.StringIO()  # csv quotes what needs it: a target named "y, mm", a text id
     csv.writer(table, lineterminator="\n").writerows([("id", stats.target_name), *zip(
-        test_set.ids, map(repr, stats.in_target_units(preds.squeeze(1)).tolist()), strict=True)])
-    metrics = {"history": run["history"], "best_epoch": run["best_epoch"], "test_mse": test_mse}
-    metrics_text = json.dumps(metrics, allow_nan=False)  # before either file is written
-    with out.file("predictions.csv") as f:
-        f.write(table.getvalue().encode())
-    with out.file("metrics.json") as f:
-        f.write(metrics_text.encode())
-    if test_mse is None:
-        print(f"{len(preds)} predictions in {os.path.join(out.path, 'predictions.csv')} (the "
-              "test CSV has no target)")
+        test_set.ids, map(repr, preds.squeeze(1).tolist()), strict=True)])
+    if targets is None:
+        test_mse, line = None, f"{len(preds)} predictions, no test MSE: {test_set.unscored}"
     else:
-        baseline = nn.functional.mse_loss(train_targets.mean().expand_as(targets), targets).item()
-        print(f"test MSE {test_mse:.5g} with the best epoch ({run['best_epoch']}); always "
-              f"predicting the mean training target scores {baseline * stats.target_span**2:.5g}")
-
-
-def first_non_finite(preds) -> int | None:
-    """The index of the first prediction (N, 1) that is inf or NaN, or None."""
-    bad = (~torch.isfinite(preds[:, 0])).nonzero()
-    return int(bad[0]) if len(bad) else None
-
-
-# --- Seeing the run: two pictures (pictures.py), and a progress bar ---
-def draw_pictures(out, run, model, valid_set, test_set, test_preds, device) -> dict:
-    """loss.png, the learning curve of the whole run, and predictions.png, the best model's
-    predictions against the truth on the validation rows (and the test rows, when the test
-    file has targets), in the target's units. Returns the figures, by file name."""
-    from minitorch_tool import pictures  # here: only a run that draws pays for matplotlib
-
-    stats = test_set.stats
-    valid_preds = ml.test(model, make_loader(valid_set, 1024, shuffle=False), device)
-    pairs = [(valid_set.dataset.y[valid_set.indices], valid_preds), (test_set.y, test_preds)]
-    points = [stats.in_target_units(t).squeeze(1).numpy()
-              for true, pred in pairs if true is not None for t in (true, pred)]
-    figures = {"loss.png": pictures.loss_figure(run["history"], run["best_epoch"]),
-               "predictions.png": pictures.predictions_figure(*points)}
-    for name, fig in figures.items():
-        with out.file(name) as f:
-            fig.savefig(f, format="png")
-    return figures
-
-
-def progress_bar(loader):
-    """On a terminal, a tqdm bar over an epoch's batches, shown once the epoch has taken 2 s
-    (a short one never shows it) and cleared at its end, so the epoch lines stay as they are.
-    Elsewhere (a log, a pipe, CI, another rank) the loader itself: nothing added, no cost."""
-    if not sys.stdout.isatty():
-        return loader
-    return tqdm(loader, delay=2, leave=False, unit="batch", file=sys.stdout)
-
+        targets = stats.in_target_units(targets)
+        test_mse = (preds - targets).square().mean().item()  # squares of 1e20: float64
+        baseline = (train_targets.mean() - targets).square().mean().item()
+        line = (f"test MSE {test_mse:.5g} with the best epoch ({run['best_epoch']}); always "
+                f"predicting the mean training target scores {baseline:.5g}")
+    metrics = {"history": run["history"], "best_epoch": run["best_epoch"], "test_mse": test_mse}
+    return {"predictions.csv": (table.getvalue().encode(), ""),
+            "metrics.json": (json.dumps(metrics, allow_nan=False).encode(), "")}, line

@@ -9,13 +9,35 @@ predictions.png: each row's prediction against its true value. A perfect model p
 point on the line y = x; the spread around it is the error, and a cloud tilted or bent away
 from it shows values the model gets wrong the same way every time.
 
-The figures are matplotlib Figures made without pyplot: no window opens, nothing is kept in a
-global list, nothing needs closing. Save one with fig.savefig(file, format="png").
+The figures are matplotlib Figures on the Agg canvas, made without pyplot, under matplotlib's
+default style: no window opens, and nothing of the user's environment (MPLBACKEND, a notebook's
+backend, a matplotlibrc with text.usetex or a huge savefig.dpi) changes or breaks them.
 """
 
+import contextlib
+import io
 import logging
+import os
 
 import numpy as np
+
+
+def pngs(history, best_epoch, stats, pairs) -> dict:
+    """loss.png (the learning curve of `history`) and predictions.png (each (true, predicted)
+    pair of scaled targets, (N, 1) each, in the target's units; a pair without its true values
+    is left out), as PNG bytes for Out.write: drawn in memory, so a picture that fails
+    replaces no file of --out."""
+    points = [stats.in_target_units(t).squeeze(1).numpy()
+              for true, pred in pairs if true is not None for t in (true, pred)]
+    with default_style():
+        figures = {"loss.png": loss_figure(history, best_epoch),
+                   "predictions.png": predictions_figure(*points)}
+        files = {}
+        for name, fig in figures.items():
+            png = io.BytesIO()
+            fig.savefig(png, format="png")
+            files[name] = (png.getvalue(), "")
+    return files
 
 
 def loss_figure(history, best_epoch):
@@ -54,18 +76,30 @@ def predictions_figure(valid_true, valid_pred, test_true=None, test_pred=None):
     return fig
 
 
-def new_axes(figsize):
-    """A Figure with one Axes. matplotlib takes about half a second to import, so it is
-    imported here, at the first picture, not by every program that imports this module. While
-    it imports, its log says only errors: where MPLCONFIGDIR cannot be written it uses a
-    temporary directory, which is fine for a run, and would say so in two warnings."""
-    log = logging.getLogger("matplotlib")
+@contextlib.contextmanager
+def default_style():
+    """matplotlib, imported here at the first picture (it takes about half a second), under
+    its default style. While it imports: MPLBACKEND unset (a notebook's inline backend may not
+    be installed here, and an unknown one fails the import), and its log quiet but for errors
+    (where MPLCONFIGDIR cannot be written it uses a temporary one, which is fine, and warns)."""
+    backend, log = os.environ.pop("MPLBACKEND", None), logging.getLogger("matplotlib")
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        from matplotlib.figure import Figure
+        import matplotlib.style
     finally:
         log.setLevel(level)
+        if backend is not None:
+            os.environ["MPLBACKEND"] = backend
+    with matplotlib.style.context("default"):
+        yield
+
+
+def new_axes(figsize):
+    """A Figure with one Axes, on the Agg canvas: no backend is asked for one."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize, dpi=100, layout="constrained")  # labels never cut off
+    FigureCanvasAgg(fig)
     return fig, fig.add_subplot()

@@ -22,16 +22,16 @@ class Scaling(NamedTuple):
     target_low: float = 0.0
     target_span: float = 1.0
     target_name: str = "prediction"
-    feature_names: list[str] | None = None  # the file's, all of them: F, or more if some are
-    #                                         left out (CsvDataset: table.features[:, :8])
+    feature_names: list[str] | None = None  # the file's (None: a Scaling made by hand)
 
     @staticmethod
-    def fit(features, table, rows):  # `features`: those of `table` the model takes, (N, F)
-        fit = features[rows]  # (N_train, F): one copy of the training rows
-        std = fit.std(0)  # a constant column gets std 1, so it standardises to 0
-        low, span = target_range(table, rows)  # [min, max] -> [0.05, 0.95]
-        return Scaling(fit.mean(0), torch.where(std > 0, std, 1.0), low, span,
-                       table.target_name, table.feature_names)
+    def fit(features, target, header, path):
+        """From the training rows: features (N, F) and target (N, 1), float64; the file's
+        column names, the target's last."""
+        std = features.std(0)  # a constant column gets std 1, so it standardises to 0
+        low, span = target_range(target, header[-1], path)  # [min, max] -> [0.05, 0.95]
+        return Scaling(features.mean(0), torch.where(std > 0, std, 1.0), low, span,
+                       header[-1], header[:-1])
 
     def scaled(self, target):  # (N, 1) float64 in the target's units -> float32 y'
         return torch.from_numpy((target - self.target_low) / self.target_span).float()
@@ -49,45 +49,20 @@ TARGET_MARGIN = 0.05  # the training targets' [min, max] maps to [0.05, 0.95]
 SMALLEST_SPAN = math.sqrt(sys.float_info.min / float(np.finfo(np.float32).smallest_subnormal))
 
 
-def target_range(table, rows) -> tuple[float, float]:
-    """target_low and target_span for Scaling, from the training rows. The Sigmoid nears 0 and
-    1 only for large inputs, where its slope (so the gradient) vanishes: the ends of the
-    training range map to 0.05 and 0.95, where the slope is still a fifth of its peak, and a
-    test row a little beyond them stays reachable. Every target, [0, 1] ones included, takes
-    this one path. A target with no spread, or one too small to show its errors, is refused."""
-    target = table.target[rows]
-    low, high = float(target.min()), float(target.max())
-    name = shown(table.target_name)
+def target_range(target, name, path) -> tuple[float, float]:
+    """target_low and target_span for Scaling, from the training rows' targets. The Sigmoid
+    nears 0 and 1 only for large inputs, where its slope (so the gradient) vanishes: the ends
+    of the training range map to 0.05 and 0.95, where the slope is still a fifth of its peak,
+    and a test row a little beyond them stays reachable. Every target, [0, 1] ones included,
+    takes this one path. A target with no spread, or one too small to show its errors, is
+    refused."""
+    low, high, name = float(target.min()), float(target.max()), shown(name)
     if low == high:
-        raise InputError(f"{table.path}: target {name} is {low:g} in every training row: "
+        raise InputError(f"{path}: target {name} is {low:g} in every training row: "
                          "there is nothing to learn")
     span = (high - low) / (1 - 2 * TARGET_MARGIN)
     if not span >= SMALLEST_SPAN:
-        raise InputError(f"{table.path}: target {name} spans only {high - low:g} over the "
+        raise InputError(f"{path}: target {name} spans only {high - low:g} over the "
                          "training rows: errors that small cannot be told from 0 in its units "
                          "(float64); rescale it, say times 1e150")
     return low - TARGET_MARGIN * span, span
-
-
-def check_float32_range(*datasets_and_paths):
-    """A validation or test row far outside the training rows' range can overflow float32
-    once scaled with their statistics (a cell of 1e36 where their std is 0.001); a validation
-    target far outside them, the validation loss (a target of 1e21 where theirs lie in [0, 1]:
-    its squared error is beyond float32). Either is one line that names the row, before
-    training; the loss's inf would otherwise read as a run that diverged."""
-    for dataset, path in datasets_and_paths:
-        for name, values in (("feature", dataset.x), ("target", dataset.y)):
-            if values is not None and not torch.isfinite(values).all():
-                row, column = (int(i) + 1 for i in (~torch.isfinite(values)).nonzero()[0])
-                raise InputError(f"{path}: data row {row}, {name} {column}: too far from the "
-                                 "training rows' values; scaled, it overflows float32")
-        rows = getattr(dataset, "valid_rows", [])
-        if dataset.y is not None and len(rows):  # predictions lie in (0, 1): a bound per row
-            worst = (dataset.y[rows, 0].double().abs() + 1) ** 2
-            if worst.sum() > FLOAT32_MAX:
-                row = int(rows[worst.argmax()]) + 1
-                target = dataset.stats.in_target_units(dataset.y[row - 1]).item()
-                raise InputError(f"{path}: data row {row}, a validation row, has target "
-                                 f"{target:g}, so far from the training rows' targets that its "
-                                 "squared error overflows float32, the model's dtype")
-

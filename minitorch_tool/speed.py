@@ -1,8 +1,12 @@
-"""Speed: a batch is one slice of the dataset's tensors, not B calls to __getitem__."""
+"""Speed: a batch is one slice of the dataset's tensors, not B calls to __getitem__; and a
+progress bar, on a terminal only."""
+
+import sys
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from tqdm import tqdm
 
 
 def make_loader(dataset, batch_size, shuffle, sampler=None) -> DataLoader:
@@ -31,3 +35,12 @@ class TensorBatchSampler(BatchSampler):
         if self.drop_last and len(order) % self.batch_size:
             batches = batches[:-1]
         return iter(batches)
+
+
+def progress_bar(loader):
+    """On a terminal, a tqdm bar over an epoch's batches, shown once the epoch has taken 2 s
+    (a short one never shows it) and cleared at its end, so the epoch lines stay as they are.
+    Elsewhere (a log, a pipe, CI, another rank) the loader itself: nothing added, no cost."""
+    if not sys.stdout.isatty():
+        return loader
+    return tqdm(loader, delay=2, leave=False, unit="batch", file=sys.stdout)

@@ -10,26 +10,26 @@ from torch.utils.data.distributed import DistributedSampler
 
 from minitorch_tool.errors import InputError, first_line, quoted
 
+BY_HAND = "; run under torchrun, or unset LOCAL_RANK"  # what the environment set by hand
 
-def join_torchrun(device) -> torch.device:
-    """Under torchrun (it sets LOCAL_RANK), join the process group: nccl between GPUs, where
-    rank r takes GPU LOCAL_RANK whatever --device names; gloo between CPU processes. Only rank 0
-    prints. A plain run is left as it is."""
+
+def join(device, cleanup) -> torch.device:
+    """Under torchrun (it sets LOCAL_RANK), join the process group, and leave it when the run
+    ends (`cleanup`): nccl between GPUs, where rank r takes GPU LOCAL_RANK whatever --device
+    names; gloo between CPU processes. Only rank 0 prints. A plain run is left as it is."""
     if "LOCAL_RANK" not in os.environ:
         return device
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets both
-        raise InputError("LOCAL_RANK is set, but this is no torchrun job (no "
-                         "TORCHELASTIC_RUN_ID): run under torchrun, or unset LOCAL_RANK")
-    local_rank, per_node = whole_number("LOCAL_RANK"), whole_number("LOCAL_WORLD_SIZE", "1")
-    rank, world = whole_number("RANK", "0"), whole_number("WORLD_SIZE", "1")
+        raise InputError(f"LOCAL_RANK is set, but this is no torchrun job{BY_HAND}")
+    local_rank, per_node, rank, world = (whole_number(name, default) for name, default in (
+        ("LOCAL_RANK", None), ("LOCAL_WORLD_SIZE", "1"), ("RANK", "0"), ("WORLD_SIZE", "1")))
     if not (local_rank < per_node and rank < world):  # a group that could never form
         raise InputError(f"RANK={rank} of WORLD_SIZE={world}, LOCAL_RANK={local_rank} of "
-                         f"LOCAL_WORLD_SIZE={per_node}: not what torchrun sets; run under "
-                         "torchrun, or unset LOCAL_RANK")
-    n_gpus = torch.cuda.device_count()
-    if device.type == "cuda" and per_node > n_gpus:  # every rank sees it: rank 0 says it
+                         f"LOCAL_WORLD_SIZE={per_node}: not what torchrun sets{BY_HAND}")
+    gpus = torch.cuda.device_count()
+    if device.type == "cuda" and per_node > gpus:  # every rank sees it: rank 0 says it
         raise InputError(f"torchrun starts {per_node} processes on this machine, which has "
-                         f"{n_gpus} GPU(s), one per process: --nproc_per_node={n_gpus}, or "
+                         f"{gpus} GPU(s), one per process: --nproc_per_node={gpus}, or "
                          "--device cpu")
     if device.type == "mps":  # torch.distributed's backends take CPU or CUDA tensors
         raise InputError("torchrun: Apple's MPS has no process-group backend; add --device cpu")
@@ -41,6 +41,7 @@ def join_torchrun(device) -> torch.device:
     except (ValueError, dist.DistError) as e:  # set by hand, a busy MASTER_PORT, ...
         raise InputError(f"LOCAL_RANK is set, but no torchrun process group could be joined "
                          f"({first_line(e)})") from None
+    cleanup.callback(dist.destroy_process_group)
     if not writes_files():
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     return device
@@ -50,8 +51,8 @@ def whole_number(name, default=None) -> int:
     """An environment variable that torchrun sets, as a number."""
     value = os.environ.get(name, default)
     if value is None or not (value.isascii() and value.isdigit()):
-        raise InputError(f"{name}={quoted(value or '')}: torchrun sets it to a whole number; "
-                         "run under torchrun, or unset LOCAL_RANK")
+        raise InputError(f"{name}={quoted(value or '')}: torchrun sets it to a whole "
+                         f"number{BY_HAND}")
     return int(value)
 
 
@@ -97,4 +98,3 @@ def mean_over_ranks(values, device) -> list[float]:
     total = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return (total / dist.get_world_size()).tolist()
-
