@@ -1,6 +1,7 @@
 """make bench: the lesson's and the tool's speed beside the floor, side by side in one run.
 
     .venv/bin/python bench.py        # a couple of minutes on a 2-core CPU
+    python bench.py cuda             # on a GPU machine: its loop rows and the whole runs
 
 Each row times our code and a baseline in alternation, in the same process where it can,
 and reports the median of each and their ratio: the machine's noise hits both alike.
@@ -221,7 +222,9 @@ def wall_rows(tmp):
             for key, name in (("lesson", "minitorch_loop.py"), ("tool", "minitorch_run.py"))]
 
 
-def main():
+def main(argv):
+    """Every row, or with `cuda` only the GPU's loop rows and the whole runs. Each row is
+    printed once measured: a bench stopped halfway has still said what it measured."""
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
                platform.processor())
@@ -229,20 +232,19 @@ def main():
     print(f"{cpu}, {threads} threads; Python {platform.python_version()}, "
           f"torch {torch.__version__}" + (f"; {torch.cuda.get_device_name()}"
                                           if torch.cuda.is_available() else ""))
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = [row for d in devices for row in loop_rows(d)] + thread_rows(threads)
-        rows += csv_rows(Path(tmp)) + wall_rows(Path(tmp))
     print("\n| measured | ours | baseline | baseline's | ours / baseline | ours - baseline |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for what, ours, baseline, theirs in rows:
-        print(f"| {what} | {ours:.4g} | {baseline} | {theirs:.4g} | {ours / theirs:.2f} | "
-              f"{ours - theirs:+.3g} |")
-    if torch.cuda.is_available():
-        print("\nOn the GPU every step launches a dozen tiny kernels, and each costs the CPU a few "
-              "microseconds to launch whatever the batch size: for a model this small the CPU "
-              "computes a step faster than the GPU can be told to.")
+    print("| --- | --- | --- | --- | --- | --- |", flush=True)
+    gpu = [torch.device("cuda")] if torch.cuda.is_available() else []
+    devices = gpu if "cuda" in argv else [torch.device("cpu"), *gpu]
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = [lambda d=d: loop_rows(d) for d in devices]
+        if "cuda" not in argv:
+            parts += [lambda: thread_rows(threads), lambda: csv_rows(Path(tmp))]
+        for part in [*parts, lambda: wall_rows(Path(tmp))]:
+            for what, ours, baseline, theirs in part():
+                print(f"| {what} | {ours:.4g} | {baseline} | {theirs:.4g} | "
+                      f"{ours / theirs:.2f} | {ours - theirs:+.3g} |", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

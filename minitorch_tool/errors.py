@@ -57,9 +57,8 @@ def catch_stop_signals() -> dict:
 def one_line_errors(summary):
     """The run's guard: whatever stops the run is one line, `summary()` appended (what --out
     holds now, or None before the run has an --out). Yields an ExitStack for what must be
-    undone at the end (the lock on --out, the torchrun process group). A notebook's own
-    signal handlers are put back at the end; on the command line ours stay, ignoring late
-    signals. stdout is a Console: a closed pipe or a console's encoding cannot stop the run."""
+    undone at the end (the lock on --out, the torchrun process group). stdout is a Console:
+    a closed pipe or a console's encoding cannot stop the run."""
     global phase
     stdout, sys.stdout = sys.stdout, Console(sys.stdout)
     replaced, phase = catch_stop_signals(), "running"
@@ -73,12 +72,11 @@ def one_line_errors(summary):
         say(f"{line}: {held or 'nothing was written'}" if code > 128 else
             f"{line}; {held}" if held else line)
         sys.exit(code)
-    finally:
-        phase = "ended"
+    finally:  # a notebook's own handlers back; on the command line, every later signal
+        phase = "ended"  # ignored, to the exit (Python restores no SIG_IGN as it ends)
         sys.stdout = stdout
         for signum, handler in replaced.items():
-            if handler is not on_stop_signal:  # a notebook's own
-                signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_IGN if handler is on_stop_signal else handler)
 
 
 def ending(error) -> tuple[int, str]:
