@@ -25,11 +25,9 @@ import torch
 from torch.utils.data import Subset
 
 import minitorch_loop as ml
-from minitorch_tool import checkpoints, flags, pictures, torchrun
+from minitorch_tool import checkpoints, flags, outputs, pictures, speed, torchrun
 from minitorch_tool.csvs import TableDataset
 from minitorch_tool.errors import InputError
-from minitorch_tool.outputs import Out, results
-from minitorch_tool.speed import make_loader, progress_bar
 
 
 def main(argv=()):
@@ -48,8 +46,9 @@ def main(argv=()):
         train_set, valid_set = Subset(data, data.train_rows), Subset(data, data.valid_rows)
         test_set = TableDataset(args.test, stats=data.stats)  # read now: a bad file stops early
         sampler = torchrun.this_ranks_share(train_set, settings["seed"])  # None unless torchrun
-        loaders = (make_loader(train_set, settings["batch_size"], shuffle=True, sampler=sampler),
-                   make_loader(valid_set, settings["batch_size"], shuffle=False))
+        batch_size = settings["batch_size"]
+        loaders = (speed.make_loader(train_set, batch_size, shuffle=True, sampler=sampler),
+                   speed.make_loader(valid_set, batch_size, shuffle=False))
         # Steps 2-4: the lesson's network, loss and optimizer
         model = ml.MLP(data.x.shape[1]).to(device)
         criterion = ml.make_criterion()
@@ -64,14 +63,14 @@ def main(argv=()):
                 group["lr"] = settings["lr"]
             torch.set_rng_state(stopped["rng"])  # the batch order of the epochs to come
             print(f"resuming {args.resume} after epoch {stopped['epoch']}")
-        out = Out(args.out, cleanup, device)  # the last check; from here on, files are written
+        out = outputs.Out(args.out, cleanup, device)  # the last check: files are written next
         print(f"{len(train_set)} training rows, {len(valid_set)} validation rows, "
               f"{data.x.shape[1]} features; device {device}")
         fit(model, loaders, criterion, optimizer, device, data.stats, run, out, args.train)
         if torchrun.writes_files():  # rank 0: the best model, loaded back, predicts
             model, _ = checkpoints.load_model(os.path.join(out.path, "model.safetensors"), device)
             preds = predict(model, test_set, device, args.test)
-            files, line = results(test_set, preds, run, data.y[data.train_rows])
+            files, line = outputs.results(test_set, preds, run, data.y[data.train_rows])
             valid_preds = predict(model, valid_set, device, args.train)
             files |= pictures.pngs(run["history"], run["best_epoch"], data.stats, [
                 (data.y[data.valid_rows], valid_preds), (test_set.y, preds)])
@@ -94,11 +93,11 @@ def fit(model, loaders, criterion, optimizer, device, stats, run, out, path):
     for epoch in range(run["epoch"] + 1, epochs + 1):
         start = time.perf_counter()
         torchrun.reshuffle_shares(train_loader, epoch)
-        train_loss = ml.train(ddp_model, progress_bar(train_loader), criterion, optimizer,
+        train_loss = ml.train(ddp_model, speed.progress_bar(train_loader), criterion, optimizer,
                               device)
         valid_loss = ml.evaluate(model, valid_loader, criterion, device)  # what ddp wraps
-        losses = stats.mse_in_target_units(torchrun.mean_over_ranks([train_loss, valid_loss],
-                                                                    device))  # of y' -> of y
+        losses = [loss * stats.target_span**2  # an MSE of y' times target_span² is one of y
+                  for loss in torchrun.mean_over_ranks([train_loss, valid_loss], device)]
         check_finite(epoch, losses, model, valid_loader.dataset, device, stats, run, path)
         run["history"].append({"epoch": epoch, "train_loss": losses[0], "valid_loss": losses[1]})
         improved = losses[1] < run["best_loss"]  # validation picks the model, never the test set
@@ -135,7 +134,7 @@ def check_finite(epoch, losses, model, valid_set, device, stats, run, path):
 def predict(model, dataset, device, path) -> torch.Tensor:
     """The model's predictions (N, 1) for `dataset` (a TableDataset, or a Subset of one's
     rows), or one line naming the first row whose prediction is not a finite number."""
-    preds = ml.test(model, make_loader(dataset, 1024, shuffle=False), device)
+    preds = ml.test(model, speed.make_loader(dataset, 1024, shuffle=False), device)
     bad = (~torch.isfinite(preds[:, 0])).nonzero()
     if len(bad):
         row = int(getattr(dataset, "indices", range(len(preds)))[int(bad[0])]) + 1

@@ -1182,7 +1182,7 @@ def test_a_failed_write_replaces_none_of_its_files(tmp_path, monkeypatch):
         out.write({"metrics.json": (b"new", ""), "loss.png": (b"a new picture", "")})
     monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(
         PermissionError(13, "Permission denied")))
-    with an_out(tmp_path) as out, pytest.raises(InputError, match="cannot replace it "
+    with an_out(tmp_path) as out, pytest.raises(InputError, match="cannot write it "
                                                 "\\(Permission denied; is it open in another"):
         out.write({"metrics.json": (b"new", "")})
     assert sorted(os.listdir(tmp_path)) == ["loss.png", "metrics.json", outputs.LOCK]

@@ -15,8 +15,7 @@ import hashlib
 import json
 import math
 
-import safetensors
-import safetensors.torch
+import safetensors.torch  # and safetensors.safe_open
 import torch
 
 import minitorch_loop as ml

@@ -22,27 +22,19 @@ class InputError(Exception):
     """A bad file or flag: the run prints the message as one line and exits with code 2."""
 
 
-class Stopped(KeyboardInterrupt):
-    """A stop signal, raised where the run is, like Ctrl-C: what is half-written is removed."""
-
-    def __init__(self, signum):
-        super().__init__(signum)
-        self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for kill
-
-
 phase = "starting"  # while torch loads; then "running" in a run; "ended" once its line is out
 
 
 def on_stop_signal(signum, frame):
-    """A stop signal: while the program starts, one line and exit; in a run, Stopped where the
-    run is; after the run's line, nothing."""
+    """A stop signal: while the program starts, one line and exit; in a run, KeyboardInterrupt
+    (with the signal's number) where the run is, as Ctrl-C; after the run's line, nothing."""
     global phase
     if phase == "starting":
         say("interrupted while starting: nothing was written")
         os._exit(128 + signum)
     if phase == "running":
         phase = "ended"  # a second signal, while the first is handled, is ignored
-        raise Stopped(signum)
+        raise KeyboardInterrupt(signum)  # what is half-written is removed on the way out
 
 
 def catch_stop_signals() -> dict:
@@ -85,8 +77,8 @@ def ending(error) -> tuple[int, str]:
 
     if isinstance(error, InputError):
         return 2, f"error: {error}"
-    if isinstance(error, KeyboardInterrupt):
-        return getattr(error, "exit_code", 128 + signal.SIGINT), "interrupted"
+    if isinstance(error, KeyboardInterrupt):  # 128 + the signal: 130 Ctrl-C, 143 kill, 129 hup
+        return 128 + (error.args or [signal.SIGINT])[0], "interrupted"
     if isinstance(error, MemoryError | torch.OutOfMemoryError) or (
             "can't allocate memory" in str(error)):  # the CPU allocator's RuntimeError
         return 1, f"error: out of memory ({first_line(error)}); try a smaller --batch-size"

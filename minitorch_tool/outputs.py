@@ -63,11 +63,11 @@ class Out:
                 os.replace(temporary[name], path)
                 del temporary[name]
                 self.written[name], self.renaming = holds, None
-        except PermissionError as e:  # Windows will not replace a file another program holds
-            raise InputError(f"{path}: cannot replace it ({e.strerror}; is it open in another "
-                             "program?)") from None
-        except OSError as e:
-            raise InputError(f"{path}: cannot write it ({e.strerror or e})") from None
+        except OSError as e:  # a full disk; on Windows, a file another program holds open
+            held = "; is it open in another program?" if self.renaming and isinstance(
+                e, PermissionError) else ""
+            self.renaming = None  # os.replace raised: it replaced nothing
+            raise InputError(f"{path}: cannot write it ({e.strerror or e}{held})") from None
         finally:
             for tmp in temporary.values():
                 with contextlib.suppress(OSError):

@@ -39,9 +39,6 @@ class Scaling(NamedTuple):
     def in_target_units(self, y):  # y' -> y, in float64: a target of 1.7e9 needs its digits
         return y.double() * self.target_span + self.target_low
 
-    def mse_in_target_units(self, losses):  # an MSE of y' times target_span² is one of y
-        return [loss * self.target_span**2 for loss in losses]
-
 
 TARGET_MARGIN = 0.05  # the training targets' [min, max] maps to [0.05, 0.95]
 # The losses are float32 numbers of y', shown times target_span² in float64: with a span below
