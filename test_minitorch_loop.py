@@ -32,6 +32,7 @@ import minitorch_loop as ml  # not `from ... import test`: pytest would collect 
 DATA = Path(__file__).parent / "data"
 FLOAT32_TOL = 1e-5  # float32 arithmetic against a float64 reference (absolute)
 FLOAT32_RTOL = 1e-4  # ... and relative, for values that can grow with the inputs
+STEP_TOL = 1e-6  # a step, after - before, of parameters within 1: float32 rounds them by 6e-8
 
 # --- strategies, declared once ---
 rows = st.integers(2, 60)  # a training file needs two rows for a standard deviation
@@ -445,8 +446,10 @@ def test_mlp_is_linear_relu_linear_sigmoid(batch, n_features, seed):
 
 
 def test_mlp_defaults_are_the_notes_sizes():
-    """MLP() is Linear(32 -> 64) -> ReLU -> Linear(64 -> 1) -> Sigmoid."""
-    first, relu, second, sigmoid = ml.MLP().net
+    """MLP() is Linear(32 -> 64) -> ReLU -> Linear(64 -> 1) -> Sigmoid, with or without
+    Sequential (its layers, in the order they were given)."""
+    layers = [m for m in ml.MLP().modules() if not list(m.children())]
+    first, relu, second, sigmoid = layers
     assert first.weight.shape == (64, 32) and second.weight.shape == (1, 64)
     assert isinstance(relu, nn.ReLU) and isinstance(sigmoid, nn.Sigmoid)
 
@@ -522,12 +525,12 @@ def sgd_setup(scratch, n, n_features, lr, seed):
 @given(n=rows, n_features=n_features, lr=learning_rates, seed=seeds)
 def test_a_one_batch_epoch_is_one_sgd_step_by_hand(scratch, n, n_features, lr, seed):
     """The notes' optimizer: make_optimizer builds plain SGD, so train() over one batch of every
-    row moves each parameter p to p - lr * dL/dp (the gradient by autograd, in float64)."""
+    row moves each parameter p by exactly -lr * dL/dp (the gradient by autograd, in float64)."""
     model, optimizer, loader, x, y = sgd_setup(scratch, n, n_features, lr, seed)
     w, grads = weights(model), grads64(model, x, y)
     ml.train(model, loader, nn.MSELoss(), optimizer, "cpu")
     for after, before, grad in zip(weights(model), w, grads, strict=True):
-        close(after, before - lr * grad)
+        np.testing.assert_allclose(after - before, -lr * grad, rtol=FLOAT32_RTOL, atol=STEP_TOL)
 
 
 @given(n=rows, n_features=n_features, lr=st.floats(0.5, 2.0), seed=seeds)
@@ -736,8 +739,9 @@ def test_inspect_takes_any_batch_size_and_a_hand_written_network(tmp_path, capsy
     monkeypatch.setattr(ml, "MLP", HandWritten)
     text = "\n".join(run_lesson(tmp_path, capsys, "--epochs", "1", "--inspect",
                                 "--batch-size", "5000"))
-    n_train = len(ml.CsvDataset(DATA / "train.csv", "train"))
-    assert f"{n_train} calls of __getitem__" in text and "W (64, 32)" in text
+    train = ml.CsvDataset(DATA / "train.csv", "train")
+    assert f"{len(train)} calls of __getitem__" in text
+    assert f"W (64, {train.x.shape[1]})" in text
 
 
 def test_main_builds_the_notes_loaders_and_optimizer(tmp_path, capsys, monkeypatch):

@@ -1043,11 +1043,11 @@ def sizes(state_dict) -> str:
 
 
 def another_network(tensors, document):
-    other = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 1), nn.Sigmoid())
+    other = ml.MLP(3, hidden=5)  # the lesson's network, whatever its names, 5 hidden units
     for prefix in ("model.", "best."):
         for name in weights_of(tensors, prefix):
             del tensors[prefix + name]
-        tensors.update({f"{prefix}net.{k}": w.clone() for k, w in other.state_dict().items()})
+        tensors.update({f"{prefix}{k}": w.clone() for k, w in other.state_dict().items()})
 
 
 def test_a_checkpoint_of_another_network_is_one_line(previous_run, tmp_path):
@@ -1350,23 +1350,22 @@ def test_a_test_row_the_model_cannot_predict_replaces_none_of_the_results(
         assert (out / name).read_bytes() == before[name]
 
 
-@posix_only("RLIMIT_FSIZE")
 def test_a_full_disk_at_the_pictures_replaces_none_of_the_results(capsys, previous_run,
-                                                                   tmp_path):
-    """The disk fills while the pictures are written (here: a file size limit that the
-    checkpoints and the CSV pass, and a PNG does not): one line that names the file and what
-    the run wrote; predictions.csv, metrics.json and the pictures stay the earlier run's, and
-    no temporary file is left."""
-    import resource  # POSIX only
-
+                                                                   tmp_path, monkeypatch):
+    """The disk fills while loss.png is written (here: its temporary file cannot be made): one
+    line that names the file and what the run wrote; predictions.csv, metrics.json and the
+    pictures stay the earlier run's, and no temporary file is left."""
     out, before = an_earlier_run(previous_run, tmp_path)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
-    try:
-        code, line = stopped(capsys, out, previous_run)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    assert code == 2 and ".png: cannot write it (File too large); this run wrote " in line
+    real_open = os.open
+
+    def full_at_the_pictures(path, *args):
+        if ".loss.png." in str(path):
+            raise OSError(28, "No space left on device")
+        return real_open(path, *args)
+
+    monkeypatch.setattr(os, "open", full_at_the_pictures)
+    code, line = stopped(capsys, out, previous_run)
+    assert code == 2 and "loss.png: cannot write it (No space left on device); this run " in line
     assert EARLIER in line
     assert {p.name: p.read_bytes() for p in out.iterdir()
             if p.name not in ("last.safetensors", "model.safetensors", outputs.LOCK)} == {
