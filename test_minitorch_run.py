@@ -1054,7 +1054,8 @@ def test_a_checkpoint_of_another_network_is_one_line(previous_run, tmp_path):
     """Weights of a network other than the one MLP builds (another hidden size, another layer):
     one line naming both networks' layer sizes, from --resume and from load_model alike."""
     other = crafted(previous_run, tmp_path, another_network)
-    message = f"its network has layers 3-5-1; MLP now builds {sizes(ml.MLP(3).state_dict())}"
+    message = (f"its network has layers {sizes(ml.MLP(3, hidden=5).state_dict())}; MLP now "
+               f"builds {sizes(ml.MLP(3).state_dict())}")
     refused(other, message)
     with pytest.raises(InputError, match=message):
         checkpoints.load_model(other)
