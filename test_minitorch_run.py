@@ -53,6 +53,7 @@ from test_minitorch_loop import (
     DEVICES,
     FLOAT32_RTOL,
     Counting,
+    Payload,
     batch_sizes,
     close,
     n_features,
@@ -863,21 +864,11 @@ def test_under_torchrun_only_rank_0_prints_an_error(monkeypatch, capsys):
 
 # --- Checkpoints: hostile files refused, saves that survive crashes, resume to the bit ---
 
-class Payload:
-    """Unpickling this object calls open(path, "w"): it would create the file."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return open, (str(self.path), "w")
-
-
 def test_a_pickle_with_a_code_payload_is_refused_and_never_runs(capsys, previous_run, tmp_path):
     """--resume of a file whose unpickling runs code (torch.save's .pt): never unpickled, one
     clear line."""
     marker, evil = tmp_path / "payload_ran", tmp_path / "evil.pt"
-    torch.save({"settings": Payload(marker)}, evil)
+    torch.save({"settings": Payload(str(marker))}, evil)
     line = fails(capsys, previous_run, tmp_path, "--resume", evil)
     assert "a checkpoint of an earlier version (torch.save)" in line and not marker.exists()
     torch.load(evil, weights_only=False)["settings"].close()  # what the refusal prevents:
