@@ -36,7 +36,7 @@ def main(argv=()):
     argv, out = list(argv), None
     with errors.one_line_errors(lambda: out and ending(out, argv)) as cleanup:
         args = flags.parse_args(argv)
-        stopped = args.resume and checkpoints.load_stopped_run(args.resume)  # checked in full
+        stopped = None if args.resume is None else checkpoints.load_stopped_run(args.resume)
         settings = flags.settings(args, stopped)  # the flags', or the stopped run's
         torch.manual_seed(settings["seed"])  # the initial weights and the batch order
         torch.set_num_threads(1)  # as the lesson: no slower here, and never slowed by load

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Subset
 
 import minitorch_loop as ml  # not `from ... import test`: pytest would collect it as a test
 import minitorch_run as mr
-from minitorch_tool import checkpoints, errors, outputs, pictures, speed, torchrun
+from minitorch_tool import checkpoints, csvs, errors, outputs, pictures, speed, torchrun
 from minitorch_tool.csvs import TableDataset
 from minitorch_tool.errors import InputError
 from minitorch_tool.scaling import Scaling
@@ -981,7 +981,6 @@ def test_json_that_python_reads_but_no_run_writes_is_refused(previous_run, tmp_p
     ("a csv", "not a checkpoint (truncated, or not safetensors)"),
     ("another safetensors", "not a minitorch_run checkpoint"),
     ("a model file", "a model file; --resume takes a run's last.safetensors"),
-    ("empty", "No such file or directory"),  # --resume "" names no file: not "no --resume"
 ])
 def test_a_file_that_is_no_stopped_run_is_named(previous_run, tmp_path, damage, message):
     """--resume of a torn file, of a file that is no checkpoint, of someone else's
@@ -994,11 +993,15 @@ def test_a_file_that_is_no_stopped_run_is_named(previous_run, tmp_path, damage, 
         bad.write_bytes((previous_run / "train.csv").read_bytes())
     elif damage == "another safetensors":
         safetensors.torch.save_file({"weights": torch.ones(3)}, bad)
-    elif damage == "a model file":
-        bad = previous_run / "out" / "model.safetensors"
     else:
-        bad = ""
+        bad = previous_run / "out" / "model.safetensors"
     assert refused(bad, message).startswith(f"{bad}: ")
+
+
+def test_an_empty_resume_is_a_missing_file(capsys, previous_run, tmp_path):
+    """--resume "" (a variable that was never set) names no checkpoint: refused, never taken
+    for no --resume, which would start afresh over the stopped run's last.safetensors."""
+    assert "No such file or directory" in fails(capsys, previous_run, tmp_path, "--resume", "")
 
 
 @pytest.mark.parametrize("n_features, message", [
@@ -1440,20 +1443,93 @@ def test_a_stop_signal_inside_a_save_is_one_line_and_leaves_no_temporary_file(
     assert read_checkpoint(out / "last.safetensors")[1]["epoch"] == 1
 
 
+def test_what_fails_at_the_end_is_one_line_that_says_what_out_holds(
+        capsys, previous_run, tmp_path, monkeypatch):
+    """Whatever fails while the pictures are drawn (a user's matplotlibrc that is not UTF-8, a
+    broken font cache: here a ValueError) is one line, and the results stay the earlier run's;
+    a bug of ours elsewhere is its traceback, after a line that says what --out holds."""
+    out, before = an_earlier_run(previous_run, tmp_path)
+    monkeypatch.setattr(pictures, "loss_figure", lambda *a: (_ for _ in ()).throw(
+        ValueError("arange: cannot compute length")))
+    code, line = stopped(capsys, out, previous_run)
+    assert code == 2 and line.startswith("error: the pictures could not be drawn (ValueError: "
+                                         "arange: cannot compute length); this run wrote ")
+    assert EARLIER in line and (out / "loss.png").read_bytes() == before["loss.png"]
+    monkeypatch.setattr(outputs, "results", lambda *a: {}["a bug"])
+    with pytest.raises(KeyError):
+        mr.main(["--train", str(previous_run / "train.csv"), "--test",
+                 str(previous_run / "test.csv"), "--out", str(out), "--epochs", "1"])
+    assert capsys.readouterr().err.startswith("error: KeyError, a bug (its traceback follows); "
+                                              "this run wrote last.safetensors (epoch 1)")
+
+
+def test_a_csv_that_changes_while_it_is_read_is_one_line(tmp_path, monkeypatch):
+    """A test file with ids that grows between the two reads (its numbers, then its ids): one
+    line, never predictions zipped to the wrong ids."""
+    x, _ = regression(10, 3, seed=0)
+    path = write_with_ids(tmp_path / "grows.csv", np.arange(10), x)
+    real = csvs.numbers_after_the_header
+
+    def grows(f, first):
+        table = real(f, first)
+        with open(path, "a") as more:
+            more.write("10,1,2,3\n")
+        return table
+
+    monkeypatch.setattr(csvs, "numbers_after_the_header", grows)
+    with pytest.raises(InputError, match="grows.csv: it changed while it was read"):
+        TableDataset(path, stats=Scaling(torch.zeros(3), torch.ones(3)))
+
+
+@posix_only("signals")
+def test_signals_the_process_was_started_to_ignore_stay_ignored(tmp_path, monkeypatch):
+    """nohup (SIGHUP ignored) or trap '' INT: a run leaves those signals ignored, as Python
+    does, so a closed terminal cannot stop a run started with nohup."""
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        seen = []
+        real_fit = mr.fit
+        monkeypatch.setattr(mr, "fit", lambda *a: seen.append(signal.getsignal(signal.SIGHUP))
+                            or real_fit(*a))
+        run_main(tmp_path, 3, True, "--epochs", "1")
+        assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
+def test_a_run_in_another_thread_leaves_the_main_threads_signals_alone(tmp_path):
+    """A notebook can run main() in a thread, where no signal handler can be set: it touches
+    no state of the main thread's signals, so a Ctrl-C there still stops the main thread's
+    run as it should."""
+    thread = threading.Thread(target=run_main, args=(tmp_path, 3, True, "--epochs", "1"))
+    with errors.one_line_errors(lambda: None):  # a run of the main thread, under way
+        handler = signal.getsignal(signal.SIGINT)
+        thread.start()
+        thread.join()
+        assert errors.phase == "running" and signal.getsignal(signal.SIGINT) is handler
+    assert metrics(tmp_path / "out")["best_epoch"] == 1
+
+
 def test_the_first_line_wins_over_later_signals(capsys, previous_run, tmp_path, monkeypatch):
-    """A signal while the error line is printed, or after it (a double Ctrl-C, a SIGTERM after
-    a SIGINT), changes neither the output nor the exit code."""
-    real_say = errors.say
+    """A signal while the error line is made or printed, or after it (a double Ctrl-C, a
+    SIGTERM after a SIGINT), or while a finished run lets go of its lock, changes neither the
+    output nor the exit code."""
+    real_say, real_ending = errors.say, errors.ending
 
-    def say(line):
-        errors.on_stop_signal(signal.SIGTERM, None)  # as the handler is called by a signal
-        real_say(line)
+    def signalled(real):
+        def call(*args):
+            errors.on_stop_signal(signal.SIGTERM, None)  # as the handler is called by a signal
+            return real(*args)
+        return call
 
-    monkeypatch.setattr(errors, "say", say)
+    monkeypatch.setattr(errors, "say", signalled(real_say))
+    monkeypatch.setattr(errors, "ending", signalled(real_ending))
     code, line = stopped(capsys, tmp_path / "out", previous_run, "--lr", "0")
     assert code == 2 and line.startswith("error: argument --lr")
     assert errors.on_stop_signal(signal.SIGINT, None) is None  # after the line: nothing
-    assert capsys.readouterr() == ("", "")
+    monkeypatch.setattr(filelock.FileLock, "__exit__", signalled(filelock.FileLock.__exit__))
+    run_main(tmp_path, 3, True, "--epochs", "1")
+    assert capsys.readouterr().err == ""
 
 
 def test_a_closed_stdout_or_a_reader_that_leaves_does_not_stop_the_run(tmp_path, monkeypatch):

@@ -102,10 +102,11 @@ def load_model(path, device="cpu") -> tuple[ml.MLP, Scaling]:
     """The model saved in `path` (model.safetensors, or the latest weights of a
     last.safetensors), on `device`, and its scaling."""
     tensors, document = read(path, (MODEL, LAST))
-    with refusing_damage(path):
+    with refusing_damage(path), torch.device("meta"):  # shapes only: no memory, until checked
         stats = checked_scaling(tensors, document)
-        model = ml.MLP(len(stats.mean))
-        model.load_state_dict(checked_weights(tensors, "model.", model, path))
+        weights = checked_weights(tensors, "model.", ml.MLP(len(stats.mean)), path)
+    model = ml.MLP(len(stats.mean))
+    model.load_state_dict(weights)
     return model.to(device), stats
 
 
@@ -257,7 +258,8 @@ def checked_run(tensors, document, path) -> dict:
     if len(document["data"]) != 64 or not set(document["data"]) <= set("0123456789abcdef"):
         raise Damaged("data")
     stats = checked_scaling(tensors, document)
-    model = ml.MLP(len(stats.mean))
+    with torch.device("meta"):  # its shapes only: no memory for what a file claims
+        model = ml.MLP(len(stats.mean))
     rng = tensors.get("rng")
     try:  # a ByteTensor that is a state of the generator
         torch.Generator().set_state(rng if rng is not None and rng.dim() == 1 else None)

@@ -54,6 +54,8 @@ def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
                     np.abs(table[:, first:]) <= FLOAT32_MAX).all():  # NaN, inf, too large
                 raise InputError(f"{path}: {first_bad_cell(f, header, first)}")
             ids = first_cells(f) if first else None
+            if first and len(ids) != len(table):  # read twice: a file that grows meanwhile
+                raise InputError(f"{path}: it changed while it was read; read it again")
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError as e:

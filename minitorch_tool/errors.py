@@ -38,11 +38,10 @@ def on_stop_signal(signum, frame):
 
 
 def catch_stop_signals() -> dict:
-    """Stop signals go to on_stop_signal from now on; returns the handlers it replaces. Only
-    the main thread can set them (a notebook's is)."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {s: signal.signal(s, on_stop_signal) for s in STOP_SIGNALS}
+    """Stop signals go to on_stop_signal from now on, but those the process was started to
+    ignore (nohup, trap '' HUP); returns the handlers it replaces."""
+    return {s: signal.signal(s, on_stop_signal) for s in STOP_SIGNALS
+            if signal.getsignal(s) is not signal.SIG_IGN}
 
 
 @contextlib.contextmanager
@@ -52,27 +51,33 @@ def one_line_errors(summary):
     undone at the end (the lock on --out, the torchrun process group). stdout is a Console:
     a closed pipe or a console's encoding cannot stop the run."""
     global phase
+    ours = threading.current_thread() is threading.main_thread()  # only it has signals
     stdout, sys.stdout = sys.stdout, Console(sys.stdout)
-    replaced, phase = catch_stop_signals(), "running"
+    replaced, phase = (catch_stop_signals(), "running") if ours else ({}, phase)
     try:
         with contextlib.ExitStack() as cleanup:
-            yield cleanup
-    except (InputError, MemoryError, RuntimeError, KeyboardInterrupt) as e:
-        code, line = ending(e)  # a RuntimeError not of torch's failures: a bug, re-raised
-        phase = "ended"
+            try:
+                yield cleanup
+            finally:  # the run is over: no signal stops its line, or the cleanup
+                phase = "ended" if ours else phase
+    except (Exception, KeyboardInterrupt) as e:
+        code, line = ending(e)
         held = summary()
+        if code is None:  # a bug of ours: what --out holds, then its traceback
+            say(f"error: {type(e).__name__}, a bug (its traceback follows); "
+                f"{held or 'nothing was written'}")
+            raise
         say(f"{line}: {held or 'nothing was written'}" if code > 128 else
             f"{line}; {held}" if held else line)
         sys.exit(code)
     finally:  # a notebook's own handlers back; on the command line, every later signal
-        phase = "ended"  # ignored, to the exit (Python restores no SIG_IGN as it ends)
-        sys.stdout = stdout
+        sys.stdout = stdout  # ignored, to the exit (Python restores no SIG_IGN as it ends)
         for signum, handler in replaced.items():
             signal.signal(signum, signal.SIG_IGN if handler is on_stop_signal else handler)
 
 
-def ending(error) -> tuple[int, str]:
-    """The exit code and the line for what stopped the run; a bug of ours is raised again."""
+def ending(error) -> tuple[int | None, str | None]:
+    """The exit code and the line for what stopped the run, or (None, None): a bug of ours."""
     import torch  # loaded by now: imported here so that this room loads without it
 
     if isinstance(error, InputError):
@@ -84,7 +89,7 @@ def ending(error) -> tuple[int, str]:
         return 1, f"error: out of memory ({first_line(error)}); try a smaller --batch-size"
     if isinstance(error, torch.distributed.DistError):  # a process of the job stopped
         return 1, f"error: a process of this torchrun job stopped ({first_line(error)})"
-    raise error
+    return None, None
 
 
 def say(line):

@@ -52,9 +52,8 @@ class Out:
         try:
             for name, (data, _) in files.items():
                 path = os.path.join(self.path, name)
-                tmp = os.path.join(self.path, f".{name}.{secrets.token_hex(6)}")
-                with os.fdopen(os.open(tmp, NEW_FILE, 0o666), "wb") as f:
-                    temporary[name] = tmp
+                tmp = temporary[name] = os.path.join(self.path, f".{name}.{secrets.token_hex(6)}")
+                with os.fdopen(os.open(tmp, NEW_FILE, 0o666), "wb") as f:  # recorded first
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())

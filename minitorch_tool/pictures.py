@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 
+from minitorch_tool.errors import InputError, first_line
+
 
 def pngs(history, best_epoch, stats, pairs) -> dict:
     """loss.png (the learning curve of `history`) and predictions.png (each (true, predicted)
@@ -29,14 +31,18 @@ def pngs(history, best_epoch, stats, pairs) -> dict:
     replaces no file of --out."""
     points = [stats.in_target_units(t).squeeze(1).numpy()
               for true, pred in pairs if true is not None for t in (true, pred)]
-    with default_style():
-        figures = {"loss.png": loss_figure(history, best_epoch),
-                   "predictions.png": predictions_figure(*points)}
-        files = {}
-        for name, fig in figures.items():
-            png = io.BytesIO()
-            fig.savefig(png, format="png")
-            files[name] = (png.getvalue(), "")
+    files = {}
+    try:
+        with default_style():
+            figures = {"loss.png": loss_figure(history, best_epoch),
+                       "predictions.png": predictions_figure(*points)}
+            for name, fig in figures.items():
+                png = io.BytesIO()
+                fig.savefig(png, format="png")
+                files[name] = (png.getvalue(), "")
+    except Exception as e:  # noqa: BLE001 (matplotlib meets the user's rc file, their fonts)
+        raise InputError(f"the pictures could not be drawn ({type(e).__name__}: "
+                         f"{first_line(e)})") from None
     return files
 
 
