@@ -225,9 +225,7 @@ def checked_weights(tensors, prefix, model, path) -> dict:
 
 def layer_sizes(state_dict) -> str:
     """The sizes a network's Linear layers map between, as 32-64-1, from their weights."""
-    shapes = [w.shape for w in state_dict.values() if w.dim() == 2]  # (out, in) each
-    if not shapes:
-        return "none"
+    shapes = [w.shape for w in state_dict.values() if w.dim() == 2] or [(0, 0)]  # (out, in)
     return "-".join(str(n) for n in [shapes[0][1], *(shape[0] for shape in shapes)])
 
 
