@@ -54,8 +54,10 @@ def main(argv=()):
         criterion = ml.make_criterion()
         optimizer = ml.make_optimizer(model, settings["lr"])
         run = {"epoch": 0, "history": [], "best_epoch": 0, "best_loss": math.inf, "best": None,
-               **(stopped or {}), "settings": settings, "data": checkpoints.fingerprint(data)}
-        if stopped:  # where the stopped run was, to the bit
+               "settings": settings, "data": checkpoints.fingerprint(data)}
+        if stopped is not None:  # where the stopped run was, to the bit
+            run.update({k: stopped[k] for k in ("epoch", "history", "best_epoch", "best_loss",
+                                                "best")})
             checkpoints.check_same_data(stopped, data, args.resume, args.train)
             model.load_state_dict(stopped["model"])
             optimizer.load_state_dict(stopped["optimizer"])
