@@ -58,7 +58,8 @@ def main(argv=()):
         if stopped is not None:  # where the stopped run was, to the bit
             run.update({k: stopped[k] for k in ("epoch", "history", "best_epoch", "best_loss",
                                                 "best")})
-            checkpoints.check_same_data(stopped, data, args.resume, args.train)
+            checkpoints.check_same_data(stopped, data.x.shape[1], run["data"], args.resume,
+                                        args.train)
             model.load_state_dict(stopped["model"])
             optimizer.load_state_dict(stopped["optimizer"])
             for group in optimizer.param_groups:  # load_state_dict brought the old lr back

@@ -329,12 +329,13 @@ def fingerprint(data) -> str:
     return hashlib.sha256(data.x.numpy().tobytes() + data.y.numpy().tobytes()).hexdigest()
 
 
-def check_same_data(stopped, data, resume, train):
-    """The stopped run (from `resume`) trained on `data` (from `train`), or one line."""
-    trained_on, given = len(stopped["stats"].mean), data.x.shape[1]
+def check_same_data(stopped, given, digest, resume, train):
+    """The stopped run (from `resume`) trained on the data of `train`: `given` features, rows
+    of this `digest` (fingerprint's), or one line."""
+    trained_on = len(stopped["stats"].mean)
     if trained_on != given:
         raise InputError(f"--resume {resume}: the stopped run's model takes {trained_on} "
                          f"features; from {train} it now gets {given}")
-    if stopped["data"] != fingerprint(data):
+    if stopped["data"] != digest:
         raise InputError(f"--resume {resume}: the stopped run trained on other rows than "
                          f"{train}'s")

@@ -142,7 +142,6 @@ def first_bad_cell(f, header, first) -> str:
     return "not a table of numbers"  # what numpy refuses and float() takes, as 1_000
 
 
-
 class TableDataset(ml.CsvDataset):
     """A checked CSV as a Dataset: the lesson's CsvDataset (its __getitem__ and __len__) for
     real files. A training file (stats=None) holds out valid_ratio of its rows for validation,
