@@ -2,11 +2,10 @@
 
     python minitorch_run.py --train my_train.csv --test my_test.csv   # --help: every flag
 
-main() below is the lesson's main() with what a real run adds; the network, the loss, the
-optimizer and the train / evaluate / test steps are the lesson's own, so an edit there reaches
-this program too. minitorch_tool/ holds one room per concern: flags, csvs (checked files),
-scaling (any target range), checkpoints (their format), outputs (the run's files in --out),
-pictures, torchrun, speed (a loader that fetches whole batches) and errors (one line).
+main() is the lesson's main() with what a real run adds; the network, loss, optimizer and
+loop steps are the lesson's own, so an edit there reaches this program too. minitorch_tool/
+holds one room per concern: flags, csvs, scaling, checkpoints (their format), outputs (the
+run's files), pictures, torchrun, speed (a loader of whole batches) and errors (one line).
 """
 
 import sys
@@ -34,7 +33,7 @@ def main(argv=()):
     """The run: the lesson's set-up (notes 六.1) on checked files, epochs, the test. main() in
     a notebook runs with the defaults; the command line passes its own flags."""
     argv, out = list(argv), None
-    with errors.one_line_errors(lambda: out and ending(out, argv)) as cleanup:
+    with errors.one_line_errors(lambda: out and out.summary(argv)) as cleanup:
         args = flags.parse_args(argv)
         stopped = None if args.resume is None else checkpoints.load_stopped_run(args.resume)
         settings = flags.settings(args, stopped)  # the flags', or the stopped run's
@@ -83,8 +82,8 @@ def main(argv=()):
 
 def fit(model, loaders, criterion, optimizer, device, stats, run, out, path):
     """Train and validate until the run's epochs, or `patience` epochs without a better model.
-    After each epoch, last.safetensors, and model.safetensors when the model is better or
-    this --out has none of this run (a resume into a new --out)."""
+    Each epoch writes last.safetensors, and model.safetensors when the model is better or this
+    --out has none of this run's (a resume into a new --out)."""
     train_loader, valid_loader = loaders
     ddp_model = torchrun.ddp_wrapped(model)  # under torchrun, steps in step with other ranks
     epochs, patience = run["settings"]["epochs"], run["settings"]["patience"]
@@ -118,9 +117,8 @@ def fit(model, loaders, criterion, optimizer, device, stats, run, out, path):
 
 
 def check_finite(epoch, losses, model, valid_set, device, stats, run, path):
-    """A loss of inf or NaN stops the run before this epoch saves anything. A validation loss
-    alone: the validation row whose prediction or squared error overflows float32, named.
-    Else the run diverged."""
+    """A loss of inf or NaN stops the run before the epoch saves. A validation loss alone: the
+    validation row whose prediction or squared error overflows float32, named. Else: diverged."""
     if all(map(math.isfinite, losses)):
         return
     if math.isfinite(losses[0]):
@@ -135,8 +133,8 @@ def check_finite(epoch, losses, model, valid_set, device, stats, run, path):
 
 
 def predict(model, dataset, device, path) -> torch.Tensor:
-    """The model's predictions (N, 1) for `dataset` (a TableDataset, or a Subset of one's
-    rows), or one line naming the first row whose prediction is not a finite number."""
+    """The model's predictions (N, 1) for `dataset` (a TableDataset or a Subset of one), or one
+    line naming the first row whose prediction is not a finite number."""
     preds = ml.test(model, speed.make_loader(dataset, 1024, shuffle=False), device)
     bad = (~torch.isfinite(preds[:, 0])).nonzero()
     if len(bad):
@@ -144,15 +142,6 @@ def predict(model, dataset, device, path) -> torch.Tensor:
         raise InputError(f"{path}: data row {row}: the model's prediction for it is not a "
                          "finite number (its features lie too far from the training rows')")
     return preds
-
-
-def ending(out, argv) -> str:
-    """What --out holds when the run stops now, and, once this run wrote last.safetensors
-    there, the command that goes on with it."""
-    if "last.safetensors" not in out.written:
-        return out.summary()
-    last = os.path.join(out.path, "last.safetensors")
-    return f"{out.summary()}; go on with: {flags.resume_command(argv, last)}"
 
 
 if __name__ == "__main__":

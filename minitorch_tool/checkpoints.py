@@ -1,12 +1,11 @@
 """Checkpoints: the format of model.safetensors (the best weights and their scaling) and of
-last.safetensors (the whole run after its latest epoch, all a resume needs): written as bytes
-(outputs.Out writes them whole), read, and checked in full before anything in it is used.
+last.safetensors (the whole run after its latest epoch: all a resume needs), as bytes for
+outputs.Out, and read back, checked in full before anything in it is used.
 
-The format holds nothing a crafted file could turn into a weapon: the tensors are
-safetensors' (no pickle, so no code and no shared references: a flat map of names to tensors
-whose sizes the file itself bounds), and the plain values are one JSON document in its header,
-checked against the schemas below. Every value is checked as the model will see it (weights
-after the cast to the model's dtype), and no text from the file reaches a message whole.
+Nothing in them can be turned into a weapon: the tensors are safetensors' (no pickle, so no
+code and no shared references; the file bounds their sizes), the plain values one JSON document
+in its header, checked against the schemas below as the model will see them (weights after the
+cast to its dtype). No text from a file reaches a message whole.
 """
 
 import argparse
@@ -48,24 +47,9 @@ class Damaged(Exception):
 
 # --- Writing: tensors and a JSON document, as the bytes of one safetensors file ---
 def epoch_files(run, model, optimizer, stats, with_model) -> dict:
-    """last.safetensors and, when asked, model.safetensors, for Out.write: {name: (bytes,
-    what it holds)}."""
-    files = {"last.safetensors": (last_file(run, model, optimizer, stats), f"epoch {run['epoch']}")}
-    if with_model:
-        files["model.safetensors"] = (model_file(run["best"], stats),
-                                      f"epoch {run['best_epoch']}'s model")
-    return files
-
-
-def model_file(state_dict, stats) -> bytes:
-    """model.safetensors: the weights (model.<name>) and the scaling they were trained with."""
-    return as_bytes(prefixed("model.", state_dict), stats, {})
-
-
-def last_file(run, model, optimizer, stats) -> bytes:
-    """last.safetensors: all a stopped run needs to go on bit for bit: the weights, the best
-    model so far (best.<name>), the optimizer, the random generator, the settings, the history
-    and a digest of the training rows."""
+    """{name: (bytes, what it holds)} for Out.write: last.safetensors, all a stopped run needs
+    to go on bit for bit (the weights, the best model so far, the optimizer, the random
+    generator, the run's values), and, with_model, model.safetensors."""
     state = optimizer.state_dict()
     tensors = {**prefixed("model.", model.state_dict()), **prefixed("best.", run["best"]),
                "rng": torch.get_rng_state()}
@@ -77,9 +61,19 @@ def last_file(run, model, optimizer, stats) -> bytes:
             else:
                 plain.setdefault(str(i), {})[name] = value
     groups = [{k: v for k, v in group.items() if k != "params"} for group in state["param_groups"]]
-    return as_bytes(tensors, stats, {**{k: run[k] for k in RUN}, "optimizer_plain_state": plain,
+    last = as_bytes(tensors, stats, {**{k: run[k] for k in RUN}, "optimizer_plain_state": plain,
                                      "optimizer_class": type(optimizer).__name__,
                                      "optimizer_groups": groups})
+    files = {"last.safetensors": (last, f"epoch {run['epoch']}")}
+    if with_model:
+        files["model.safetensors"] = (model_file(run["best"], stats),
+                                      f"epoch {run['best_epoch']}'s model")
+    return files
+
+
+def model_file(state_dict, stats) -> bytes:
+    """model.safetensors: the weights (model.<name>) and the scaling they were trained with."""
+    return as_bytes(prefixed("model.", state_dict), stats, {})
 
 
 def as_bytes(tensors, stats, document) -> bytes:
@@ -231,15 +225,15 @@ def layer_sizes(state_dict) -> str:
 
 # --- Resume: last.safetensors holds the whole run, so a stopped run continues bit for bit ---
 def load_stopped_run(path) -> dict:
-    """The stopped run saved in `path`, a last.safetensors, checked in full."""
+    """The stopped run saved in `path`, a last.safetensors, checked in full: the settings, the
+    epochs and their history, the weights and the best model so far, the optimizer's class,
+    settings and state, the random generator."""
     tensors, document = read(path, (LAST,))
     with refusing_damage(path):
         return checked_run(tensors, document, path)
 
 
 def checked_run(tensors, document, path) -> dict:
-    """last.safetensors' values: the settings, the epochs and their history, the weights and
-    the best model so far, the optimizer's class, settings and state, the random generator."""
     for name, value in document["settings"].items():
         try:
             SETTINGS[name](repr(value))
@@ -318,8 +312,7 @@ def checked_optimizer(tensors, document, model, path) -> dict:
     return {"state": state, "param_groups": [{**group, "params": list(range(len(params)))}]}
 
 
-def is_index(text, n) -> bool:
-    """Whether `text` is 0 .. n-1, written in ASCII digits ("²" and "٣" are digits too)."""
+def is_index(text, n) -> bool:  # 0 .. n-1 in ASCII digits ("²" and "٣" are digits too)
     return text.isascii() and text.isdigit() and int(text) < n
 
 

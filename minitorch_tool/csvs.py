@@ -1,5 +1,5 @@
-"""CSVs: a file read as numbers, or one line that says where it breaks; and TableDataset, the
-lesson's CsvDataset for real files, whose rows are fetched a batch at a time (see speed.py)."""
+"""CSVs: a file read as numbers, or one line that says where it breaks; TableDataset, the
+lesson's CsvDataset for real files."""
 
 import csv
 import io
@@ -15,9 +15,8 @@ from minitorch_tool.scaling import FLOAT32_MAX, Scaling
 
 
 def feature_columns(path, header, stats) -> int:
-    """How many of the file's columns (`header`) are features: all but the last of a training
-    file (stats=None); a file read with a training file's `stats` has its feature columns,
-    the same names in the same order, then the target or not."""
+    """How many of `header` are features: all but the last of a training file (stats=None);
+    else the training file's, by name and in order, with a target after them or not."""
     names = stats and stats.feature_names  # None for a Scaling made by hand
     n_features = len(header) - 1 if stats is None else len(names or stats.mean)
     if n_features < 1:
@@ -33,9 +32,8 @@ def feature_columns(path, header, stats) -> int:
 
 
 def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
-    """A CSV with a header row -> (column names, (N, C) float64 table of its numbers, and the
-    cells of an id column as text, or None), read once (a pipe, as in --train <(...), cannot
-    be read twice). Every number must fit float32, the model's dtype."""
+    """A CSV with a header row -> (column names, (N, C) float64 numbers that fit float32, an id
+    column's cells as text or None), read once: a pipe (--train <(...)) cannot be read twice."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as file:  # utf-8-sig: drop a BOM
             first_line = file.readline(LONGEST_HEADER)  # before all of it: /dev/zero never ends
@@ -69,7 +67,6 @@ LONGEST_HEADER = 1 << 20  # characters: a first line longer than this names no c
 
 
 def check_first_line(path, line):
-    """Refuse what cannot be a CSV from its first line, before reading the rest."""
     if "\x00" in line:
         raise InputError(f"{path}: not a text file (it holds NUL bytes: binary data, or UTF-16 "
                          "text without a byte order mark?)")
@@ -78,8 +75,7 @@ def check_first_line(path, line):
                          "of column names")
 
 
-def not_utf8(raw) -> str:
-    """Why bytes that start with `raw` do not read as UTF-8, for a message."""
+def not_utf8(raw) -> str:  # why bytes that start with `raw` do not read as UTF-8
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # the byte order marks of UTF-16
         return "UTF-16 text; save it as UTF-8 (a spreadsheet's \"CSV UTF-8\")"
     if b"\x00" in raw:
@@ -88,7 +84,7 @@ def not_utf8(raw) -> str:
 
 
 def numbers_after_the_header(f, first) -> np.ndarray | None:
-    """The rest of `f` as an (N, C) table, parsed by numpy (C code), or None if it is not one;
+    """The rest of `f` as an (N, C) table (numpy's parser, in C), or None if it is not one;
     with first=1 column 0 (ids) is read as 0."""
     ids = {0: lambda cell: 0.0} if first else None
     try:
@@ -99,8 +95,7 @@ def numbers_after_the_header(f, first) -> np.ndarray | None:
         return None
 
 
-def first_cells(f) -> list[str]:
-    """The first cell of each data row of `f`, as written (blank lines skipped, as by numpy)."""
+def first_cells(f) -> list[str]:  # each data row's, as written; blank lines skipped, as by numpy
     f.seek(0)
     return [cells[0] for cells in csv.reader(f) if cells][1:]
 
@@ -116,8 +111,7 @@ def check_header(path, header):
         raise InputError(f"{path}: line 1 holds numbers; the first line must name the columns")
 
 
-def size(text) -> float:
-    """The size of the number in `text` (inf for inf), or NaN: not a number."""
+def size(text) -> float:  # abs(the number in `text`), or NaN: not a number
     try:
         return abs(float(text))
     except ValueError:
@@ -126,7 +120,7 @@ def size(text) -> float:
 
 def first_bad_cell(f, header, first) -> str:
     """Where the table in `f` breaks: a row of the wrong width, or a cell (from column `first`
-    on) that is not a finite number, or too large for float32, the model's dtype."""
+    on) that is not a finite number, or too large for float32."""
     f.seek(0)
     reader = csv.reader(f)
     next(reader)
@@ -143,12 +137,10 @@ def first_bad_cell(f, header, first) -> str:
 
 
 class TableDataset(ml.CsvDataset):
-    """A checked CSV as a Dataset: the lesson's CsvDataset (its __getitem__ and __len__) for
-    real files. A training file (stats=None) holds out valid_ratio of its rows for validation,
-    split by the lesson's split_rows; every file is scaled with the training rows' Scaling,
-    features and target alike. A test file's last column is its target only by the training
-    target's name. __getitem__ takes a row index or a tensor of them: the batched loader
-    (speed.py) asks for B rows at once."""
+    """A checked CSV as the lesson's CsvDataset. A training file (stats=None) holds out
+    valid_ratio of its rows (the lesson's split_rows); every file is scaled with the training
+    rows' Scaling. A test file's last column is its target only by the training target's name.
+    __getitem__ also takes a tensor of row indices: speed.py's loader asks for B rows at once."""
 
     def __init__(self, path, stats=None, valid_ratio=0.0, seed=0):
         header, table, ids = read_csv(path)  # numbers, checked; the ids apart
@@ -162,7 +154,7 @@ class TableDataset(ml.CsvDataset):
         self.unscored = None  # why a test file has no test MSE, or None
         if len(header) == n_features:
             self.unscored = "the test CSV has no target column"
-        elif stats is not None and stats.feature_names and header[-1] != stats.target_name:
+        elif stats and stats.feature_names and header[-1] != stats.target_name:
             self.unscored = (f"its last column, {quoted(header[-1])}, is not the target "
                              f"{quoted(stats.target_name)}")
         features = torch.from_numpy(table[:, :n_features])  # (N, F) float64
@@ -174,7 +166,6 @@ class TableDataset(ml.CsvDataset):
         # y' = (y - target_low) / target_span, inside the Sigmoid's (0, 1): see Scaling
         self.y = None if target is None else self.stats.scaled(target)  # (N, 1)
         self.ids = ids if ids is not None else range(len(table))  # as written, or 0 .. N-1
-        self.path = path
         for name, values in (("feature", self.x), ("target", self.y)):  # float32 overflows
             bad = [] if values is None else (~torch.isfinite(values)).nonzero()
             if len(bad):  # a row far from the training rows (1e36 where their std is 0.001)

@@ -1,9 +1,6 @@
 """Errors: however a run ends early, one line on stderr and no traceback. A bad file or flag
-exits with 2, a torch failure (out of memory, a torchrun peer gone) with 1, Ctrl-C or a kill
-with 128 + the signal's number. The first line wins: a signal after it changes nothing.
-
-This room imports no torch, so that minitorch_run.py can catch a Ctrl-C while torch loads.
-"""
+exits with 2, a torch failure (out of memory, a torchrun peer gone) with 1, a stop signal with
+128 + its number. The first line wins. No torch here: a Ctrl-C while torch loads is caught."""
 
 import contextlib
 import io
@@ -12,8 +9,7 @@ import signal
 import sys
 import threading
 
-# What stops a run from outside: Ctrl-C, kill (and docker stop, timeout, a scheduler's time
-# limit), a closed terminal. Windows has no SIGHUP.
+# Ctrl-C, kill (docker stop, timeout, a scheduler's limit), a closed terminal; Windows: no HUP
 STOP_SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                 if hasattr(signal, name)]
 
@@ -26,8 +22,7 @@ phase = "starting"  # while torch loads; then "running" in a run; "ended" once i
 
 
 def on_stop_signal(signum, frame):
-    """A stop signal: while the program starts, one line and exit; in a run, KeyboardInterrupt
-    (with the signal's number) where the run is, as Ctrl-C; after the run's line, nothing."""
+    """Starting: one line and exit. In a run: KeyboardInterrupt(signum). After its line: nothing."""
     global phase
     if phase == "starting":
         say("interrupted while starting: nothing was written")
@@ -38,18 +33,16 @@ def on_stop_signal(signum, frame):
 
 
 def catch_stop_signals() -> dict:
-    """Stop signals go to on_stop_signal from now on, but those the process was started to
-    ignore (nohup, trap '' HUP); returns the handlers it replaces."""
+    """Stop signals to on_stop_signal, but those ignored from the start (nohup, trap '' HUP);
+    returns the handlers it replaces."""
     return {s: signal.signal(s, on_stop_signal) for s in STOP_SIGNALS
             if signal.getsignal(s) is not signal.SIG_IGN}
 
 
 @contextlib.contextmanager
 def one_line_errors(summary):
-    """The run's guard: whatever stops the run is one line, `summary()` appended (what --out
-    holds now, or None before the run has an --out). Yields an ExitStack for what must be
-    undone at the end (the lock on --out, the torchrun process group). stdout is a Console:
-    a closed pipe or a console's encoding cannot stop the run."""
+    """Whatever stops the run is one line, `summary()` (what --out holds, or None) appended.
+    Yields an ExitStack for what the end undoes (the lock, the process group)."""
     global phase
     ours = threading.current_thread() is threading.main_thread()  # only it has signals
     stdout, sys.stdout = sys.stdout, Console(sys.stdout)
@@ -93,33 +86,28 @@ def ending(error) -> tuple[int | None, str | None]:
 
 
 def say(line):
-    """The line on stderr, every control character escaped (a file's name or cell could hold
-    an escape sequence for the terminal), from rank 0 only: under torchrun every rank meets
-    the same error. Never fails: with stderr closed or full the exit code speaks."""
+    """The line on stderr, from rank 0 only (every rank meets the same error), escaped: a file's
+    text could hold a terminal's escape sequence. With stderr closed the exit code speaks."""
     if rank() == 0:
         Console(sys.stderr).write(printable(line) + "\n")
 
 
 def rank() -> int:
-    """This process's rank as torchrun set it (with TORCHELASTIC_RUN_ID, a RANK below
-    WORLD_SIZE), or 0: a plain run, or variables set by hand, whose errors must be seen."""
+    """The rank torchrun set (TORCHELASTIC_RUN_ID, a RANK below WORLD_SIZE), else 0: seen."""
     rank, world = (os.environ.get(name, "") for name in ("RANK", "WORLD_SIZE"))
     valid = all(n.isascii() and n.isdigit() for n in (rank, world)) and int(rank) < int(world)
     return int(rank) if valid and "TORCHELASTIC_RUN_ID" in os.environ else 0
 
 
-def printable(text) -> str:
-    """`text` with every character that is not printable (ESC, \\n, \\r, ...) as its escape."""
+def printable(text) -> str:  # ESC, \\n, \\r, ... as escapes
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-def shown(text, limit=40) -> str:
-    """A name from a file, for a message: cut to `limit` characters (say escapes it)."""
+def shown(text, limit=40) -> str:  # a name from a file, cut short (say escapes it)
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
-def quoted(text, limit=40) -> str:
-    """A value from a file, for a message: quoted, and cut to `limit` characters."""
+def quoted(text, limit=40) -> str:  # a value from a file, quoted and cut short
     return repr(text[:limit]) + ("..." if len(text) > limit else "")
 
 
@@ -128,9 +116,8 @@ def first_line(error) -> str:
 
 
 class Console:
-    """A stream (stdout, stderr) whose writes never stop the run. A character the console's
-    encoding lacks (cp1252 and 結果) is written as its escape. When the program reading a
-    pipe exits (| head -1), or the disk is full, the rest goes to os.devnull."""
+    """A stream whose writes never stop the run: a character its encoding lacks (cp1252 and
+    結果) as its escape; once a pipe's reader leaves (| head -1), or the disk fills, devnull."""
 
     def __init__(self, stream):
         self.stream = stream or io.StringIO()  # None: Python started with it closed (>&-)

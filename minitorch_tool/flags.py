@@ -1,10 +1,8 @@
-"""Flags: each checked before anything is read or written. The defaults the lesson shares
-(epochs, batch size, learning rate, seed, device) are the lesson's own, and so are the data
-files: found beside the lesson, from any working directory."""
+"""Flags, each checked before anything is read or written. The defaults the lesson shares are
+the lesson's own, the data files too (found beside it, from any working directory)."""
 
 import argparse
 import os
-import shlex
 
 import numpy as np
 
@@ -34,8 +32,8 @@ def bounded(kind, low, high):
     return parse
 
 
-# What a checkpoint keeps of the flags, and how each is checked, from a command line or a file.
-# The largest counts fit int64; seeds beyond 32 bits would alias in the random generators.
+# What a checkpoint keeps of the flags, each checked alike from a command line or a file. The
+# counts fit int64; seeds beyond 32 bits would alias in the random generators.
 SETTINGS = {
     "seed": bounded(int, 0, 2**32 - 1),
     "valid_ratio": bounded(float, 0, 1),
@@ -76,9 +74,8 @@ def parse_args(argv):
 
 
 def settings(args, stopped) -> dict:
-    """The run's settings: the flags', or with --resume the stopped run's, where a flag typed
-    with another value takes effect with a note, except --seed and --valid-ratio, which fix
-    the validation rows: another value there is refused."""
+    """The flags', or the stopped run's, where a flag typed with another value takes effect with
+    a note; but --seed and --valid-ratio, which pick the validation rows, are refused."""
     chosen = {name: getattr(args, name) for name in SETTINGS}
     for name, saved in (stopped or {}).get("settings", {}).items():
         value, flag = chosen[name], "--" + name.replace("_", "-")
@@ -92,9 +89,3 @@ def settings(args, stopped) -> dict:
             print(f"{flag} {value} replaces the stopped run's {saved}")
     return chosen
 
-
-def resume_command(argv, last) -> str:
-    """The command that goes on with the run saved in `last`: argv, with --resume last."""
-    flags = [a for a, prev in zip(argv, [None, *argv], strict=False)
-             if "--resume" not in (prev, a.split("=")[0])]  # drop an old --resume X
-    return shlex.join(["python", "minitorch_run.py", *flags, "--resume", last])

@@ -1,6 +1,5 @@
-"""Outputs: the files of a run in --out, one run at a time, each file whole, and a record of
-what this run has written there, so that however the run ends, its line says what --out holds.
-"""
+"""Outputs: a run's files in --out, one run at a time, each file whole, and the record of
+what this run wrote there: however the run ends, its line says what --out holds."""
 
 import contextlib
 import csv
@@ -8,6 +7,7 @@ import io
 import json
 import os
 import secrets
+import shlex
 
 import filelock
 
@@ -21,9 +21,8 @@ NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)  # 
 
 
 class Out:
-    """--out, locked for this run, and the record of what this run has written there: known
-    in memory, never guessed from a file's time stamp. Under torchrun rank 0 alone writes;
-    its check of --out decides for every rank."""
+    """--out, locked for this run, and what the run wrote there: known, not guessed from a
+    time stamp. Under torchrun rank 0 alone writes; its check of --out decides for all."""
 
     def __init__(self, path, cleanup, device):
         self.path, self.existed = path, os.path.isdir(path)
@@ -39,13 +38,10 @@ class Out:
             raise error or InputError("rank 0 could not prepare --out")  # only rank 0 prints
 
     def write(self, files):
-        """Write `files` ({name: (bytes, what it holds)}) whole: each to a new temporary file
-        beside it first, all of them, then each renamed over its name. A failure while they
-        are written (a full disk) replaces none. A crash at any moment leaves each file old
-        or new, never half of one: os.replace is atomic, and fsync first means a power cut
-        cannot reorder the two. Each rename is recorded before it starts. A temporary file gets
-        a random name and is created only if no file or link has it (O_EXCL: never written
-        through a link planted there), with mode 0o666 less the umask, as open() gives."""
+        """`files` ({name: (bytes, what it holds)}), all to new temporary files, then each renamed
+        over its name: a full disk replaces none, a crash leaves each old or new (os.replace is
+        atomic; fsync first, so a power cut cannot reorder the two). O_EXCL: never through a
+        link planted there; mode 0o666 less the umask, as open() gives."""
         if not writes_files():
             return
         temporary, path = {}, self.path
@@ -72,23 +68,32 @@ class Out:
                 with contextlib.suppress(OSError):
                     os.remove(tmp)
 
-    def summary(self) -> str:
-        """What --out holds now: as it was, or what this run wrote (a file whose rename was
-        under way may have been replaced) and what is an earlier run's."""
+    def summary(self, argv) -> str:
+        """What --out holds: as it was, or what this run wrote, a rename under way, the rest; and
+        once this run wrote last.safetensors, the command that goes on with it."""
         if not self.written and self.renaming is None:
             return f"{self.path} is as it was" if self.existed else "nothing was written"
         wrote = ", ".join(f"{n} ({holds})" if holds else n for n, holds in self.written.items())
         earlier = ", ".join(n for n in self.earlier if n not in [*self.written, self.renaming])
+        last = os.path.join(self.path, "last.safetensors")
         return "; ".join(part for part in (
             wrote and f"this run wrote {wrote} in {self.path}",
             self.renaming and f"{os.path.join(self.path, self.renaming)} may have been replaced",
-            earlier and f"an earlier run's {earlier} stay there") if part)
+            earlier and f"an earlier run's {earlier} stay there",
+            "last.safetensors" in self.written and f"go on with: {resume_command(argv, last)}")
+            if part)
+
+
+def resume_command(argv, last) -> str:
+    """argv with --resume `last`: the command that goes on with the run saved there."""
+    flags = [a for a, prev in zip(argv, [None, *argv], strict=False)
+             if "--resume" not in (prev, a.split("=")[0])]  # drop an old --resume X
+    return shlex.join(["python", "minitorch_run.py", *flags, "--resume", last])
 
 
 def lock(path, cleanup):
-    """--out, made if need be, with no directory where an output goes, and locked for this run
-    until it ends: a second run there is refused, not interleaved with it. The lock is
-    filelock's, which works on every platform; its file, run.lock, stays in --out."""
+    """--out, made if need be, with no directory where an output goes, locked until the run
+    ends (filelock's, on every platform; run.lock stays): a second run there is refused."""
     try:
         os.makedirs(path, exist_ok=True)
         for name in OUTPUTS:
@@ -104,9 +109,8 @@ def lock(path, cleanup):
 
 
 def results(test_set, preds, run, train_targets) -> tuple[dict, str]:
-    """predictions.csv (the test file's ids, each with its prediction) and metrics.json, for
-    Out.write, and the line that reports the test MSE beside that of always predicting the
-    mean training target: a model that learned nothing. All in the target's units, float64."""
+    """predictions.csv (ids and predictions) and metrics.json for Out.write, and the line: the
+    test MSE beside always predicting the mean training target. Target units, float64."""
     stats, targets = test_set.stats, test_set.y
     preds, train_targets = stats.in_target_units(preds), stats.in_target_units(train_targets)
     table = io.StringIO()  # csv quotes what needs it: a target named "y, mm", a text id

@@ -1,18 +1,6 @@
-"""Pictures: a run as two pictures, which minitorch_run.py writes to --out.
-
-loss.png, the learning curve: training and validation loss per epoch, the best epoch marked.
-Both falling: the model is still learning. Validation turning up while training goes on
-falling: the model has begun to memorise its training rows (overfitting); the model kept is
-the one at the bottom of the validation curve.
-
-predictions.png: each row's prediction against its true value. A perfect model puts every
-point on the line y = x; the spread around it is the error, and a cloud tilted or bent away
-from it shows values the model gets wrong the same way every time.
-
-The figures are matplotlib Figures on the Agg canvas, made without pyplot, under matplotlib's
-default style: no window opens, and nothing of the user's environment (MPLBACKEND, a notebook's
-backend, a matplotlibrc with text.usetex or a huge savefig.dpi) changes or breaks them.
-"""
+"""Pictures: loss.png and predictions.png, as matplotlib Figures on the Agg canvas, made
+without pyplot under matplotlib's default style: no window opens, and nothing of the user's
+(MPLBACKEND, a notebook's backend, a matplotlibrc with text.usetex) changes or breaks them."""
 
 import contextlib
 import io
@@ -25,10 +13,8 @@ from minitorch_tool.errors import InputError, first_line
 
 
 def pngs(history, best_epoch, stats, pairs) -> dict:
-    """loss.png (the learning curve of `history`) and predictions.png (each (true, predicted)
-    pair of scaled targets, (N, 1) each, in the target's units; a pair without its true values
-    is left out), as PNG bytes for Out.write: drawn in memory, so a picture that fails
-    replaces no file of --out."""
+    """loss.png and predictions.png (each (true, predicted) pair of scaled (N, 1) targets that
+    has its true values) as PNG bytes for Out.write: a picture that fails replaces no file."""
     points = [stats.in_target_units(t).squeeze(1).numpy()
               for true, pred in pairs if true is not None for t in (true, pred)]
     files = {}
@@ -47,8 +33,9 @@ def pngs(history, best_epoch, stats, pairs) -> dict:
 
 
 def loss_figure(history, best_epoch):
-    """The learning curve of `history` (metrics.json's list of {"epoch", "train_loss",
-    "valid_loss"}), `best_epoch` marked; a log scale when the losses span over a decade."""
+    """The learning curve of `history` (metrics.json's), `best_epoch` marked. Both losses falling:
+    still learning; validation turning up as training falls: overfitting (the model kept is
+    the one at the bottom of the validation curve)."""
     epochs = [row["epoch"] for row in history]
     train, valid = ([row[key] for row in history] for key in ("train_loss", "valid_loss"))
     fig, ax = new_axes(figsize=(6, 4))
@@ -66,8 +53,8 @@ def loss_figure(history, best_epoch):
 
 
 def predictions_figure(valid_true, valid_pred, test_true=None, test_pred=None):
-    """Predicted against true values, one point per row: the validation rows, and the test
-    rows when their targets are known; each argument a vector of N values, in target units."""
+    """Predicted against true values (vectors in target units), a point per row. A perfect model
+    puts every point on y = x; a cloud tilted or bent away from it is an error made alike."""
     fig, ax = new_axes(figsize=(5, 5))
     rows = {"validation": (valid_true, valid_pred), "test": (test_true, test_pred)}
     for name, (true, pred) in rows.items():
@@ -84,10 +71,9 @@ def predictions_figure(valid_true, valid_pred, test_true=None, test_pred=None):
 
 @contextlib.contextmanager
 def default_style():
-    """matplotlib, imported here at the first picture (it takes about half a second), under
-    its default style. While it imports: MPLBACKEND unset (a notebook's inline backend may not
-    be installed here, and an unknown one fails the import), and its log quiet but for errors
-    (where MPLCONFIGDIR cannot be written it uses a temporary one, which is fine, and warns)."""
+    """matplotlib (imported at the first picture: half a second) under its default style. As it
+    imports, MPLBACKEND is unset (an unknown one, as a notebook's inline backend is here, fails
+    the import) and its log quiet (an unwritable MPLCONFIGDIR is fine, but it warns)."""
     backend, log = os.environ.pop("MPLBACKEND", None), logging.getLogger("matplotlib")
     level = log.level
     log.setLevel(logging.ERROR)
@@ -101,8 +87,7 @@ def default_style():
         yield
 
 
-def new_axes(figsize):
-    """A Figure with one Axes, on the Agg canvas: no backend is asked for one."""
+def new_axes(figsize):  # a Figure with one Axes on the Agg canvas: no backend is asked
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -13,10 +13,9 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model computes in float32
 
 
 class Scaling(NamedTuple):
-    """The training rows' scale: each feature's mean and std, and the target's range, mapped
-    into the Sigmoid's (0, 1) as y' = (y - target_low) / target_span. Training runs on y', so
-    --lr means the same for any range; every number printed or written is in the target's own
-    units. Saved with the weights: new rows must be scaled the same way."""
+    """The training rows' scale, saved with the weights: each feature's mean and std, and the
+    target mapped into the Sigmoid's (0, 1) as y' = (y - target_low) / target_span, so --lr
+    means the same for any range. What is printed or written is in the target's units."""
     mean: torch.Tensor  # (F,)
     std: torch.Tensor  # (F,)
     target_low: float = 0.0
@@ -26,8 +25,7 @@ class Scaling(NamedTuple):
 
     @staticmethod
     def fit(features, target, header, path):
-        """From the training rows: features (N, F) and target (N, 1), float64; the file's
-        column names, the target's last."""
+        """From the training rows' features (N, F) and target (N, 1), float64, and `header`."""
         std = features.std(0)  # a constant column gets std 1, so it standardises to 0
         low, span = target_range(target, header[-1], path)  # [min, max] -> [0.05, 0.95]
         return Scaling(features.mean(0), torch.where(std > 0, std, 1.0), low, span,
@@ -47,12 +45,10 @@ SMALLEST_SPAN = math.sqrt(sys.float_info.min / float(np.finfo(np.float32).smalle
 
 
 def target_range(target, name, path) -> tuple[float, float]:
-    """target_low and target_span for Scaling, from the training rows' targets. The Sigmoid
-    nears 0 and 1 only for large inputs, where its slope (so the gradient) vanishes: the ends
-    of the training range map to 0.05 and 0.95, where the slope is still a fifth of its peak,
-    and a test row a little beyond them stays reachable. Every target, [0, 1] ones included,
-    takes this one path. A target with no spread, or one too small to show its errors, is
-    refused."""
+    """target_low and target_span, from the training rows' targets (all, [0, 1] ones included).
+    The Sigmoid nears 0 and 1 only where its slope, so the gradient, vanishes: the range maps
+    to [0.05, 0.95], where the slope is a fifth of its peak and a test row a little beyond
+    stays reachable. A target with no spread, or too small to show its errors, is refused."""
     low, high, name = float(target.min()), float(target.max()), shown(name)
     if low == high:
         raise InputError(f"{path}: target {name} is {low:g} in every training row: "

@@ -1,5 +1,5 @@
-"""Speed: a batch is one slice of the dataset's tensors, not B calls to __getitem__; and a
-progress bar, on a terminal only."""
+"""Speed: a batch is one slice of the dataset's tensors, not B calls to __getitem__; a progress
+bar on a terminal only."""
 
 import sys
 
@@ -10,15 +10,10 @@ from tqdm import tqdm
 
 
 def make_loader(dataset, batch_size, shuffle, sampler=None) -> DataLoader:
-    """The lesson's DataLoader(dataset, batch_size, shuffle=...), each batch fetched as one
-    slice: a dataset that holds its rows in tensors (TableDataset) gets a tensor of the
-    batch's row indices in one __getitem__ call. A `sampler` of row indices replaces the
-    shuffling (torchrun).
-
-    The notes' DataLoader calls __getitem__ once per row and stacks the B rows: make bench
-    measures what that costs beside this loader and the in-memory floor (README, Performance).
-    batch_size=None: nothing to stack; collate_fn=tuple: nothing to convert.
-    """
+    """The lesson's DataLoader(dataset, batch_size, shuffle=...), but one __getitem__ call per
+    batch, with a tensor of its row indices (the notes' calls it once per row and stacks them:
+    make bench measures both). A `sampler` replaces the shuffling (torchrun). batch_size=None:
+    nothing to stack; collate_fn=tuple: nothing to convert."""
     if sampler is None:
         sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
     batches = TensorBatchSampler(sampler, batch_size, drop_last=False)
@@ -26,8 +21,7 @@ def make_loader(dataset, batch_size, shuffle, sampler=None) -> DataLoader:
 
 
 class TensorBatchSampler(BatchSampler):
-    """A BatchSampler that hands out each batch of row indices as one tensor, not a list;
-    drop_last drops a short last batch, as the len() it inherits counts."""
+    """A BatchSampler whose batches are tensors of row indices, not lists."""
 
     def __iter__(self):  # one conversion per epoch, then slices: no Python list per batch
         order = np.fromiter(self.sampler, np.int64, len(self.sampler))
@@ -38,9 +32,8 @@ class TensorBatchSampler(BatchSampler):
 
 
 def progress_bar(loader):
-    """On a terminal, a tqdm bar over an epoch's batches, shown once the epoch has taken 2 s
-    (a short one never shows it) and cleared at its end, so the epoch lines stay as they are.
-    Elsewhere (a log, a pipe, CI, another rank) the loader itself: nothing added, no cost."""
+    """On a terminal, a tqdm bar over the epoch's batches, shown after 2 s and cleared at its
+    end; elsewhere (a log, a pipe, CI, another rank) the loader itself, at no cost."""
     if not sys.stdout.isatty():
         return loader
     return tqdm(loader, delay=2, leave=False, unit="batch", file=sys.stdout)

@@ -14,9 +14,8 @@ BY_HAND = "; run under torchrun, or unset LOCAL_RANK"  # what the environment se
 
 
 def join(device, cleanup) -> torch.device:
-    """Under torchrun (it sets LOCAL_RANK), join the process group, and leave it when the run
-    ends (`cleanup`): nccl between GPUs, where rank r takes GPU LOCAL_RANK whatever --device
-    names; gloo between CPU processes. Only rank 0 prints. A plain run is left as it is."""
+    """Under torchrun (LOCAL_RANK set), join the process group until the run ends (`cleanup`):
+    nccl between GPUs (rank r takes GPU LOCAL_RANK), gloo between CPUs. Only rank 0 prints."""
     if "LOCAL_RANK" not in os.environ:
         return device
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets both
@@ -47,8 +46,7 @@ def join(device, cleanup) -> torch.device:
     return device
 
 
-def whole_number(name, default=None) -> int:
-    """An environment variable that torchrun sets, as a number."""
+def whole_number(name, default=None) -> int:  # a variable torchrun sets, as a number
     value = os.environ.get(name, default)
     if value is None or not (value.isascii() and value.isdigit()):
         raise InputError(f"{name}={quoted(value or '')}: torchrun sets it to a whole "
@@ -57,8 +55,8 @@ def whole_number(name, default=None) -> int:
 
 
 def all_ranks_agree(ok, device) -> bool:
-    """Under torchrun, whether every rank is ok (a check only rank 0 makes, of --out, decides
-    for all: a rank that stopped alone would leave the others waiting). A plain run: ok."""
+    """Whether every rank is ok: a check only rank 0 makes (of --out) decides for all, as a rank
+    that stopped alone would leave the others waiting."""
     if not dist.is_initialized():
         return ok
     failed = torch.tensor(0.0 if ok else 1.0, device=device)
@@ -66,13 +64,11 @@ def all_ranks_agree(ok, device) -> bool:
     return failed.item() == 0
 
 
-def writes_files() -> bool:
-    """A plain run, or rank 0 of a torchrun job: the one process that writes files."""
+def writes_files() -> bool:  # a plain run, or rank 0: the one process that writes files
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def this_ranks_share(dataset, seed) -> DistributedSampler | None:
-    """Under torchrun, this rank's share of the rows, in a new order each epoch (set_epoch)."""
+def this_ranks_share(dataset, seed) -> DistributedSampler | None:  # a new order each epoch
     return DistributedSampler(dataset, seed=seed) if dist.is_initialized() else None
 
 
@@ -82,17 +78,14 @@ def reshuffle_shares(loader, epoch):
 
 
 def ddp_wrapped(model) -> nn.Module:
-    """Under torchrun, the model in DistributedDataParallel: backward() averages the gradients
-    over the ranks, so every rank takes the same step. The wrapper trains; the model inside is
-    what is evaluated and saved."""
+    """The model in DistributedDataParallel, whose backward() averages the gradients over the
+    ranks: every rank takes the same step. It trains; the model inside is evaluated and saved."""
     return nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
 
 
 def mean_over_ranks(values, device) -> list[float]:
-    """Under torchrun, each number averaged over the ranks, so every rank takes the same
-    decisions (a better model, early stopping): one that stopped alone would leave the others
-    waiting forever. Every rank validates all the rows with the same weights, so the valid
-    loss is the one-process number."""
+    """Each number averaged over the ranks, so that all take the same decisions (a better model,
+    early stopping). Every rank validates all rows alike: the valid loss is one process's."""
     if not dist.is_initialized():
         return values
     total = torch.tensor(values, dtype=torch.float64, device=device)
