@@ -120,13 +120,9 @@ def read(path, schemas) -> tuple[dict, dict]:
     names the file."""
     try:
         with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:  # missing, a directory, not readable
-        raise InputError(f"{path}: {e.strerror}") from None
-    if magic == b"PK\x03\x04":  # a zip archive: torch.save's .pt
-        raise InputError(f"{path}: a checkpoint of an earlier version (torch.save), which "
-                         "this one never reads (it could run code)")
-    try:
+            if f.read(4) == b"PK\x03\x04":  # a zip archive: torch.save's .pt
+                raise InputError(f"{path}: a checkpoint of an earlier version (torch.save), "
+                                 "which this one never reads (it could run code)")
         with refusing_damage(path), safetensors.safe_open(path, "pt") as f:
             text = (f.metadata() or {}).get(HEADER_KEY)
             if text is None:
@@ -143,7 +139,7 @@ def read(path, schemas) -> tuple[dict, dict]:
             if document["format"] != FORMAT:
                 raise Damaged("its format")
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (no dict)
-    except OSError as e:
+    except OSError as e:  # missing, a directory, not readable
         raise InputError(f"{path}: {e.strerror or e}") from None
     except safetensors.SafetensorError:
         raise InputError(f"{path}: not a checkpoint (truncated, or not safetensors)") from None
