@@ -1,12 +1,8 @@
-"""Checkpoints: the format of model.safetensors (the best weights and their scaling) and of
-last.safetensors (the whole run after its latest epoch: all a resume needs), as bytes for
-outputs.Out, and read back, checked in full before anything in it is used.
-
-Nothing in them can be turned into a weapon: the tensors are safetensors' (no pickle, so no
-code and no shared references; the file bounds their sizes), the plain values one JSON document
-in its header, checked against the schemas below as the model will see them (weights after the
-cast to its dtype). No text from a file reaches a message whole.
-"""
+"""Checkpoints: model.safetensors (the best weights, their scaling) and last.safetensors (all a
+resume needs), written as bytes and read back checked in full. Nothing in them can be made a
+weapon: tensors are safetensors' (no pickle: no code, no shared references, sizes the file
+bounds), plain values one JSON document in its header, checked against the schemas below as
+the model will see them. No text from a file reaches a message whole."""
 
 import argparse
 import contextlib
@@ -25,10 +21,8 @@ from minitorch_tool.scaling import Scaling
 FORMAT = "minitorch_run 1"  # what the JSON's "format" says; another value is refused
 HEADER_KEY = "minitorch_run"  # the entry of the safetensors header's metadata with the JSON
 
-# The JSON's schemas: a type; [schema], a list of such; {name: schema}, an object with exactly
-# these names; {str: schema}, an object of any names; PLAIN, a number, a flag, null, a short
-# text or a few numbers (an optimizer's settings, to which a torch release may add). A float
-# is a finite one; an int is never a bool.
+# The JSON's schemas: a type (a float is finite, an int never a bool); [schema], a list;
+# {name: schema}, exactly these names; {str: schema}, any names; PLAIN, an optimizer's setting.
 PLAIN = "plain"
 OPTIONS = {str: PLAIN}
 MODEL = {"format": str, "target_low": float, "target_span": float, "target_name": str,
@@ -47,9 +41,8 @@ class Damaged(Exception):
 
 # --- Writing: tensors and a JSON document, as the bytes of one safetensors file ---
 def epoch_files(run, model, optimizer, stats, with_model) -> dict:
-    """{name: (bytes, what it holds)} for Out.write: last.safetensors, all a stopped run needs
-    to go on bit for bit (the weights, the best model so far, the optimizer, the random
-    generator, the run's values), and, with_model, model.safetensors."""
+    """{name: (bytes, what it holds)} for Out.write: last.safetensors (weights, best model,
+    optimizer, random generator, the run's values) and, with_model, model.safetensors."""
     state = optimizer.state_dict()
     tensors = {**prefixed("model.", model.state_dict()), **prefixed("best.", run["best"]),
                "rng": torch.get_rng_state()}
@@ -72,13 +65,12 @@ def epoch_files(run, model, optimizer, stats, with_model) -> dict:
 
 
 def model_file(state_dict, stats) -> bytes:
-    """model.safetensors: the weights (model.<name>) and the scaling they were trained with."""
     return as_bytes(prefixed("model.", state_dict), stats, {})
 
 
 def as_bytes(tensors, stats, document) -> bytes:
-    """One safetensors file: `tensors` and the scaling's, and `document` with the scaling's
-    plain values and the format, as JSON in the header."""
+    """One safetensors file: `tensors` and the scaling's; `document`, the scaling's plain
+    values and the format as JSON in its header."""
     tensors = {**tensors, "scaling.mean": stats.mean, "scaling.std": stats.std}
     document = {"format": FORMAT, **{k: getattr(stats, k) for k in MODEL if k != "format"},
                 **document}
@@ -93,8 +85,7 @@ def prefixed(prefix, state_dict):
 
 # --- Reading: every value checked before it is used ---
 def load_model(path, device="cpu") -> tuple[ml.MLP, Scaling]:
-    """The model saved in `path` (model.safetensors, or the latest weights of a
-    last.safetensors), on `device`, and its scaling."""
+    """The model of a model.safetensors (or a last.safetensors) on `device`, and its scaling."""
     tensors, document = read(path, (MODEL, LAST))
     with refusing_damage(path), torch.device("meta"):  # shapes only: no memory, until checked
         stats = checked_scaling(tensors, document)
@@ -106,7 +97,6 @@ def load_model(path, device="cpu") -> tuple[ml.MLP, Scaling]:
 
 @contextlib.contextmanager
 def refusing_damage(path):
-    """Damaged, raised by a check of a value, as the one line of an InputError."""
     try:
         yield
     except Damaged as e:
@@ -115,9 +105,8 @@ def refusing_damage(path):
 
 
 def read(path, schemas) -> tuple[dict, dict]:
-    """A checkpoint's tensors (on the CPU, as saved) and its JSON document, checked against
-    the one of `schemas` whose names it has (or the first). Any fault is one InputError that
-    names the file."""
+    """A checkpoint's tensors (CPU) and its JSON document, checked against the one of `schemas`
+    whose names it has (or the first); any fault, one InputError."""
     try:
         with open(path, "rb") as f:
             if f.read(4) == b"PK\x03\x04":  # a zip archive: torch.save's .pt
@@ -147,7 +136,6 @@ def read(path, schemas) -> tuple[dict, dict]:
 
 
 def check_json(value, schema, where):
-    """`value`, read from JSON, has `schema`'s shape, or Damaged names where it does not."""
     if schema is float:
         ok = type(value) is float and math.isfinite(value)
     elif schema in (int, str):
@@ -170,8 +158,8 @@ def check_json(value, schema, where):
         raise Damaged(where)
 
 
-def plain(value) -> bool:  # an optimizer's setting: a number, a flag, None, a word, or a few
-    if type(value) is list:  # numbers
+def plain(value) -> bool:  # a number, a flag, None, a word, a few numbers (Adam's betas)
+    if type(value) is list:
         return len(value) <= 8 and all(type(v) in (int, float) and plain(v) for v in value)
     if type(value) is str:
         return len(value) <= 40
@@ -180,7 +168,7 @@ def plain(value) -> bool:  # an optimizer's setting: a number, a flag, None, a w
 
 
 def checked_scaling(tensors, document) -> Scaling:
-    """The training rows' scaling: F means and F stds > 0, finite; a target span > 0."""
+    """F finite means, F finite stds > 0, a target span > 0."""
     mean, std = (tensors.get(f"scaling.{name}") for name in ("mean", "std"))
     for name, t in (("scaling.mean", mean), ("scaling.std", std)):
         if t is None or t.dtype != torch.float64 or t.dim() != 1 or not 0 < len(t) == len(mean):
@@ -193,9 +181,8 @@ def checked_scaling(tensors, document) -> Scaling:
 
 
 def checked_weights(tensors, prefix, model, path) -> dict:
-    """The `prefix` tensors as a state_dict for `model`: the same names and shapes (else one
-    line that says how the two networks differ), floating point, finite once cast to the
-    dtype of the model's own parameters."""
+    """The `prefix` tensors as `model`'s state_dict: its names and shapes (else a line that says
+    how the two networks differ), finite once cast to its dtype."""
     built = model.state_dict()
     saved = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
     if not saved:
@@ -214,16 +201,13 @@ def checked_weights(tensors, prefix, model, path) -> dict:
 
 
 def layer_sizes(state_dict) -> str:
-    """The sizes a network's Linear layers map between, as 32-64-1, from their weights."""
     shapes = [w.shape for w in state_dict.values() if w.dim() == 2] or [(0, 0)]  # (out, in)
     return "-".join(str(n) for n in [shapes[0][1], *(shape[0] for shape in shapes)])
 
 
 # --- Resume: last.safetensors holds the whole run, so a stopped run continues bit for bit ---
 def load_stopped_run(path) -> dict:
-    """The stopped run saved in `path`, a last.safetensors, checked in full: the settings, the
-    epochs and their history, the weights and the best model so far, the optimizer's class,
-    settings and state, the random generator."""
+    """The stopped run saved in `path`, a last.safetensors, checked in full."""
     tensors, document = read(path, (LAST,))
     with refusing_damage(path):
         return checked_run(tensors, document, path)
@@ -243,8 +227,6 @@ def checked_run(tensors, document, path) -> dict:
         raise Damaged("history")
     if document["best_loss"] != history[best_epoch - 1]["valid_loss"]:
         raise Damaged("best_loss")
-    if len(document["data"]) != 64 or not set(document["data"]) <= set("0123456789abcdef"):
-        raise Damaged("data")
     stats = checked_scaling(tensors, document)
     with torch.device("meta"):  # its shapes only: no memory for what a file claims
         model = ml.MLP(len(stats.mean))
@@ -262,17 +244,14 @@ def checked_run(tensors, document, path) -> dict:
             "optimizer": checked_optimizer(tensors, document, model, path)}
 
 
-# Param-group keys that say how a release computes a step, not which step: torch releases add
-# and drop them (fused, capturable, ...). They are not compared, so a checkpoint written by
-# another release resumes; optimizer.load_state_dict fills in those it lacks.
+# Param-group keys that say how a torch release computes a step, not which step; not compared,
+# so another release's checkpoint resumes (load_state_dict fills in those it lacks).
 HOW_NOT_WHAT = {"params", "foreach", "fused", "differentiable", "capturable"}
 
 
 def checked_optimizer(tensors, document, model, path) -> dict:
-    """The optimizer that make_optimizer builds now, with the stopped run's class and the
-    settings that change its update (momentum, weight decay, betas, ...; the lr aside: --lr may
-    change it), and a state whose tensors fit the model's parameters: its state_dict, rebuilt
-    from the file's values; a tensor of another name is refused."""
+    """The optimizer's state_dict, rebuilt from the file: make_optimizer's class and update
+    settings (momentum, betas, ...; --lr may change the lr), tensors that fit the parameters."""
     built = ml.make_optimizer(model, document["settings"]["lr"])
     saved_class, built_class = document["optimizer_class"], type(built).__name__
     if saved_class != built_class:
@@ -313,14 +292,12 @@ def is_index(text, n) -> bool:  # 0 .. n-1 in ASCII digits ("²" and "٣" are di
 
 
 def fingerprint(data) -> str:
-    """A digest of the rows a run trains on, features and targets, scaled: a resume needs the
-    same (the same rows, scaled alike, are the same inputs to the model)."""
+    """A digest of the scaled rows a run trains on: a resume needs the same inputs."""
     return hashlib.sha256(data.x.numpy().tobytes() + data.y.numpy().tobytes()).hexdigest()
 
 
 def check_same_data(stopped, given, digest, resume, train):
-    """The stopped run (from `resume`) trained on the data of `train`: `given` features, rows
-    of this `digest` (fingerprint's), or one line."""
+    """The stopped run trained on `train`'s data: `given` features, rows of this `digest`."""
     trained_on = len(stopped["stats"].mean)
     if trained_on != given:
         raise InputError(f"--resume {resume}: the stopped run's model takes {trained_on} "

@@ -36,14 +36,12 @@ def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
     column's cells as text or None), read once: a pipe (--train <(...)) cannot be read twice."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as file:  # utf-8-sig: drop a BOM
-            first_line = file.readline(LONGEST_HEADER)  # before all of it: /dev/zero never ends
-            check_first_line(path, first_line)
+            first_line = file.readline(LONGEST_HEADER)  # not all of it: /dev/zero never ends
+            header = column_names(path, first_line)
             f = file
             if not file.seekable():  # a pipe: read once, into memory; newline="": \r ends a
                 f = io.StringIO(first_line + file.read(), newline="")  # line, as from a disk
                 f.seek(len(first_line))
-            header = next(csv.reader([first_line]), None) if first_line else None
-            check_header(path, header)
             first = int(header[0].strip().lower() == "id")  # 1: column 0 holds ids, as text
             table = numbers_after_the_header(f, first)
             if table is not None and len(table) == 0:
@@ -51,7 +49,8 @@ def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
             if table is None or table.shape[1] != len(header) or not (
                     np.abs(table[:, first:]) <= FLOAT32_MAX).all():  # NaN, inf, too large
                 raise InputError(f"{path}: {first_bad_cell(f, header, first)}")
-            ids = first_cells(f) if first else None
+            f.seek(0)  # the ids as written; blank lines skipped, as by numpy
+            ids = [cells[0] for cells in csv.reader(f) if cells][1:] if first else None
             if first and len(ids) != len(table):  # read twice: a file that grows meanwhile
                 raise InputError(f"{path}: it changed while it was read; read it again")
     except OSError as e:
@@ -66,13 +65,24 @@ def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
 LONGEST_HEADER = 1 << 20  # characters: a first line longer than this names no columns
 
 
-def check_first_line(path, line):
+def column_names(path, line) -> list[str]:
+    """Line 1 as the column names, or one line that says why it is none."""
     if "\x00" in line:
         raise InputError(f"{path}: not a text file (it holds NUL bytes: binary data, or UTF-16 "
                          "text without a byte order mark?)")
     if len(line) == LONGEST_HEADER and not line.endswith(("\n", "\r")):
         raise InputError(f"{path}: line 1 is over {LONGEST_HEADER} characters long: not a row "
                          "of column names")
+    header = next(csv.reader([line]), None) if line else None
+    if header is None:
+        raise InputError(f"{path}: the file is empty")
+    if not any(header):
+        raise InputError(f"{path}: line 1 is blank; the first line must name the columns")
+    if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
+        raise InputError(f"{path}: line 1 has no commas; columns must be comma-separated")
+    if all(size(name) < math.inf for name in header):
+        raise InputError(f"{path}: line 1 holds numbers; the first line must name the columns")
+    return header
 
 
 def not_utf8(raw) -> str:  # why bytes that start with `raw` do not read as UTF-8
@@ -93,22 +103,6 @@ def numbers_after_the_header(f, first) -> np.ndarray | None:
                               converters=ids)
     except ValueError:  # not a number somewhere: first_bad_cell finds it
         return None
-
-
-def first_cells(f) -> list[str]:  # each data row's, as written; blank lines skipped, as by numpy
-    f.seek(0)
-    return [cells[0] for cells in csv.reader(f) if cells][1:]
-
-
-def check_header(path, header):
-    if header is None:
-        raise InputError(f"{path}: the file is empty")
-    if not any(header):
-        raise InputError(f"{path}: line 1 is blank; the first line must name the columns")
-    if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
-        raise InputError(f"{path}: line 1 has no commas; columns must be comma-separated")
-    if all(size(name) < math.inf for name in header):
-        raise InputError(f"{path}: line 1 holds numbers; the first line must name the columns")
 
 
 def size(text) -> float:  # abs(the number in `text`), or NaN: not a number

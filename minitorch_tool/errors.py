@@ -86,10 +86,11 @@ def ending(error) -> tuple[int | None, str | None]:
 
 
 def say(line):
-    """The line on stderr, from rank 0 only (every rank meets the same error), escaped: a file's
-    text could hold a terminal's escape sequence. With stderr closed the exit code speaks."""
+    """The line on stderr, from rank 0 only (every rank meets the same error), every character
+    that is not printable escaped (a file's text could hold a terminal's escape sequence)."""
     if rank() == 0:
-        Console(sys.stderr).write(printable(line) + "\n")
+        Console(sys.stderr).write("".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode() for c in line) + "\n")
 
 
 def rank() -> int:
@@ -97,10 +98,6 @@ def rank() -> int:
     rank, world = (os.environ.get(name, "") for name in ("RANK", "WORLD_SIZE"))
     valid = all(n.isascii() and n.isdigit() for n in (rank, world)) and int(rank) < int(world)
     return int(rank) if valid and "TORCHELASTIC_RUN_ID" in os.environ else 0
-
-
-def printable(text) -> str:  # ESC, \\n, \\r, ... as escapes
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def shown(text, limit=40) -> str:  # a name from a file, cut short (say escapes it)

@@ -12,7 +12,7 @@ import shlex
 import filelock
 
 from minitorch_tool.errors import InputError
-from minitorch_tool.torchrun import all_ranks_agree, writes_files
+from minitorch_tool.torchrun import mean_over_ranks, writes_files
 
 OUTPUTS = ("model.safetensors", "last.safetensors", "predictions.csv", "metrics.json",
            "loss.png", "predictions.png")
@@ -34,7 +34,7 @@ class Out:
                 lock(path, cleanup)
             except InputError as e:
                 error = e
-        if not all_ranks_agree(error is None, device):
+        if mean_over_ranks([float(error is not None)], device) != [0.0]:  # every rank stops
             raise error or InputError("rank 0 could not prepare --out")  # only rank 0 prints
 
     def write(self, files):

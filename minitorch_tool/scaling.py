@@ -10,6 +10,10 @@ import torch
 from minitorch_tool.errors import InputError, shown
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model computes in float32
+TARGET_MARGIN = 0.05  # the training targets' [min, max] maps to [0.05, 0.95]
+# The losses are float32 numbers of y', shown times target_span² in float64: with a span below
+# this, a loss as small as float32 holds would round to 0 there, and an error would vanish.
+SMALLEST_SPAN = math.sqrt(sys.float_info.min / float(np.finfo(np.float32).smallest_subnormal))
 
 
 class Scaling(NamedTuple):
@@ -25,37 +29,26 @@ class Scaling(NamedTuple):
 
     @staticmethod
     def fit(features, target, header, path):
-        """From the training rows' features (N, F) and target (N, 1), float64, and `header`."""
+        """From the training rows' features (N, F) and target (N, 1), float64, and `header`.
+        The Sigmoid nears 0 and 1 only where its slope, so the gradient, vanishes: the target's
+        range maps to [0.05, 0.95], where the slope is a fifth of its peak and a test row a
+        little beyond stays reachable. A target with no spread, or too small to show its
+        errors, is refused."""
+        low, high, name = float(target.min()), float(target.max()), shown(header[-1])
+        if low == high:
+            raise InputError(f"{path}: target {name} is {low:g} in every training row: "
+                             "there is nothing to learn")
+        span = (high - low) / (1 - 2 * TARGET_MARGIN)
+        if not span >= SMALLEST_SPAN:
+            raise InputError(f"{path}: target {name} spans only {high - low:g} over the "
+                             "training rows: errors that small cannot be told from 0 in its "
+                             "units (float64); rescale it, say times 1e150")
         std = features.std(0)  # a constant column gets std 1, so it standardises to 0
-        low, span = target_range(target, header[-1], path)  # [min, max] -> [0.05, 0.95]
-        return Scaling(features.mean(0), torch.where(std > 0, std, 1.0), low, span,
-                       header[-1], header[:-1])
+        return Scaling(features.mean(0), torch.where(std > 0, std, 1.0),
+                       low - TARGET_MARGIN * span, span, header[-1], header[:-1])
 
     def scaled(self, target):  # (N, 1) float64 in the target's units -> float32 y'
         return torch.from_numpy((target - self.target_low) / self.target_span).float()
 
     def in_target_units(self, y):  # y' -> y, in float64: a target of 1.7e9 needs its digits
         return y.double() * self.target_span + self.target_low
-
-
-TARGET_MARGIN = 0.05  # the training targets' [min, max] maps to [0.05, 0.95]
-# The losses are float32 numbers of y', shown times target_span² in float64: with a span below
-# this, a loss as small as float32 holds would round to 0 there, and an error would vanish.
-SMALLEST_SPAN = math.sqrt(sys.float_info.min / float(np.finfo(np.float32).smallest_subnormal))
-
-
-def target_range(target, name, path) -> tuple[float, float]:
-    """target_low and target_span, from the training rows' targets (all, [0, 1] ones included).
-    The Sigmoid nears 0 and 1 only where its slope, so the gradient, vanishes: the range maps
-    to [0.05, 0.95], where the slope is a fifth of its peak and a test row a little beyond
-    stays reachable. A target with no spread, or too small to show its errors, is refused."""
-    low, high, name = float(target.min()), float(target.max()), shown(name)
-    if low == high:
-        raise InputError(f"{path}: target {name} is {low:g} in every training row: "
-                         "there is nothing to learn")
-    span = (high - low) / (1 - 2 * TARGET_MARGIN)
-    if not span >= SMALLEST_SPAN:
-        raise InputError(f"{path}: target {name} spans only {high - low:g} over the "
-                         "training rows: errors that small cannot be told from 0 in its units "
-                         "(float64); rescale it, say times 1e150")
-    return low - TARGET_MARGIN * span, span

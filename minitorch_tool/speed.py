@@ -21,14 +21,11 @@ def make_loader(dataset, batch_size, shuffle, sampler=None) -> DataLoader:
 
 
 class TensorBatchSampler(BatchSampler):
-    """A BatchSampler whose batches are tensors of row indices, not lists."""
+    """A BatchSampler whose batches are tensors of row indices, not lists (no drop_last)."""
 
     def __iter__(self):  # one conversion per epoch, then slices: no Python list per batch
         order = np.fromiter(self.sampler, np.int64, len(self.sampler))
-        batches = torch.from_numpy(order).split(self.batch_size)
-        if self.drop_last and len(order) % self.batch_size:
-            batches = batches[:-1]
-        return iter(batches)
+        return iter(torch.from_numpy(order).split(self.batch_size))
 
 
 def progress_bar(loader):

@@ -54,16 +54,6 @@ def whole_number(name, default=None) -> int:  # a variable torchrun sets, as a n
     return int(value)
 
 
-def all_ranks_agree(ok, device) -> bool:
-    """Whether every rank is ok: a check only rank 0 makes (of --out) decides for all, as a rank
-    that stopped alone would leave the others waiting."""
-    if not dist.is_initialized():
-        return ok
-    failed = torch.tensor(0.0 if ok else 1.0, device=device)
-    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
-    return failed.item() == 0
-
-
 def writes_files() -> bool:  # a plain run, or rank 0: the one process that writes files
     return not dist.is_initialized() or dist.get_rank() == 0
 
@@ -85,7 +75,7 @@ def ddp_wrapped(model) -> nn.Module:
 
 def mean_over_ranks(values, device) -> list[float]:
     """Each number averaged over the ranks, so that all take the same decisions (a better model,
-    early stopping). Every rank validates all rows alike: the valid loss is one process's."""
+    early stopping, a check only rank 0 makes). Every rank validates all rows alike."""
     if not dist.is_initialized():
         return values
     total = torch.tensor(values, dtype=torch.float64, device=device)
