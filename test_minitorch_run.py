@@ -642,6 +642,9 @@ BAD_CSVS = {  # what the file holds -> what the message says
     "beyond float32": (b"a,b,y\n1,2,0.5\n3,1e200,0.5\n5,6,0.5\n",
                        "line 3, column 2 (b): '1e200' is too large for float32"),
     "blank first line": (b"\na,b,y\n1,2,0.5\n", "line 1 is blank"),
+    "a first line of spaces": (b" \t , \na,b,y\n1,2,0.5\n", "line 1 is blank"),
+    "an unclosed quote in line 1": (b'id,a,b,"y\nr1,1,2,0.5\nr2,3,4,0.5\nr3,5,6,0.1\n',
+                                    "line 1 has an unclosed quote"),
     "a huge cell": (b"a,b,y\n1,2,0.5\n3," + b"4" * 200_000 + b",0.5\n",
                     "not a table of numbers (field larger than field limit"),
     "UTF-16": ("a,b,é\n1,2,0.5\n3,4,0.25\n5,6,1\n".encode("utf-16"),
@@ -1367,29 +1370,50 @@ def test_a_full_disk_at_the_pictures_replaces_none_of_the_results(capsys, previo
         n: b for n, b in before.items() if n not in ("last.safetensors", "model.safetensors")}
 
 
-@pytest.mark.parametrize("renamed", [False, True], ids=["before", "after"])
-def test_a_signal_while_a_file_is_renamed_says_it_may_have_been_replaced(
-        capsys, previous_run, tmp_path, monkeypatch, renamed):
-    """Ctrl-C lands in the rename of epoch 1's model.safetensors, before or after the rename
-    itself (torch's threads can take a signal: blocking it cannot help). The record is kept
-    from before each rename, so the line says the file may have been replaced, whichever it
-    was, and what is the earlier run's."""
-    out, _ = an_earlier_run(previous_run, tmp_path)
+@pytest.mark.parametrize("group", ["model.safetensors", "metrics.json"])
+def test_a_signal_while_files_are_renamed_waits_for_the_whole_group(
+        capsys, previous_run, tmp_path, monkeypatch, group):
+    """A stop signal whose handler runs between two renames of a group (epoch 1's two
+    checkpoints; the four results) stops the run once the group is renamed whole: the line
+    names each file of the group as this run's, and the results are never half this run's."""
+    out, before = an_earlier_run(previous_run, tmp_path)
     real = os.replace
 
     def replace(src, dst):
-        if Path(dst).name == "model.safetensors":
-            if renamed:
-                real(src, dst)
-            raise KeyboardInterrupt
         real(src, dst)
+        if Path(dst).name == group:
+            errors.on_stop_signal(signal.SIGTERM, None)  # where Python would run the handler
 
     monkeypatch.setattr(os, "replace", replace)
     code, line = stopped(capsys, out, previous_run)
-    assert code == 130 and line.startswith(
-        f"interrupted: this run wrote last.safetensors (epoch 1) in {out}; "
-        f"{out / 'model.safetensors'} may have been replaced; {EARLIER}; go on with: ")
+    wrote = ("last.safetensors (epoch 1), model.safetensors (epoch 1's model)" if
+             group == "model.safetensors" else "last.safetensors (epoch 2), model.safetensors "
+             "(epoch 2's model), predictions.csv, metrics.json, loss.png, predictions.png")
+    assert code == 143 and line.startswith(f"interrupted: this run wrote {wrote} in {out}; ")
+    assert (EARLIER in line) == (group == "model.safetensors")
+    results = ("predictions.csv", "metrics.json", "loss.png", "predictions.png")
+    assert len({(out / name).read_bytes() == before[name] for name in results}) == 1
     assert not [p for p in os.listdir(out) if p.startswith(".")], "no temporary file left"
+
+
+def test_the_command_to_go_on_with_is_one_a_shell_takes(monkeypatch):
+    """The "go on with" command: the program as it was run, the flags without an earlier
+    --resume; where a flag holds a character the line would show escaped (a tab), not a
+    command that would fail but what to add."""
+    monkeypatch.setattr(sys, "argv", ["/my runs/minitorch_run.py"])
+    assert outputs.resume_command(["--out", "o", "--resume=a", "--resume", "b"], "o/last") == (
+        "python '/my runs/minitorch_run.py' --out o --resume o/last")
+    assert outputs.resume_command(["--out", "a\tb"], "a\tb/last") == (
+        "your command, with --resume a\tb/last")
+
+
+def test_a_torchrun_peer_that_dies_is_one_line():
+    """gloo's error when another rank is killed mid-step (a RuntimeError, not a DistError):
+    the line for a lost process of the job, exit 1, not a bug's traceback."""
+    gone = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] "
+                        "Connection closed by peer [127.0.0.1]:42164.")
+    code, line = errors.ending(gone)
+    assert code == 1 and line.startswith("error: a process of this torchrun job stopped ([")
 
 
 @pytest.mark.parametrize("existed", [True, False])

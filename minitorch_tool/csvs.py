@@ -76,8 +76,10 @@ def column_names(path, line) -> list[str]:
     header = next(csv.reader([line]), None) if line else None
     if header is None:
         raise InputError(f"{path}: the file is empty")
-    if not any(header):
+    if not "".join(header).strip():
         raise InputError(f"{path}: line 1 is blank; the first line must name the columns")
+    if line.count('"') % 2:  # csv would read the next lines into one cell
+        raise InputError(f"{path}: line 1 has an unclosed quote (\"); it must name the columns")
     if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
         raise InputError(f"{path}: line 1 has no commas; columns must be comma-separated")
     if all(size(name) < math.inf for name in header):

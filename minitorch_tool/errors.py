@@ -19,17 +19,36 @@ class InputError(Exception):
 
 
 phase = "starting"  # while torch loads; then "running" in a run; "ended" once its line is out
+held_signals = None  # while a group of files is renamed: the stop signals that wait for it
 
 
 def on_stop_signal(signum, frame):
-    """Starting: one line and exit. In a run: KeyboardInterrupt(signum). After its line: nothing."""
+    """Starting: one line and exit. In a run: KeyboardInterrupt(signum), once no group of files
+    is being renamed. After the run's line: nothing."""
     global phase
     if phase == "starting":
         say("interrupted while starting: nothing was written")
         os._exit(128 + signum)
-    if phase == "running":
+    if phase == "running" and held_signals is not None:
+        held_signals.append(signum)
+    elif phase == "running":
         phase = "ended"  # a second signal, while the first is handled, is ignored
         raise KeyboardInterrupt(signum)  # what is half-written is removed on the way out
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Stop signals wait until the block ends, then stop the run. A handler runs between two
+    bytecodes (in the main thread, whichever thread the signal hit), never inside os.replace:
+    a group of renames is done whole."""
+    global held_signals
+    held_signals = []
+    try:
+        yield
+    finally:
+        waiting, held_signals = held_signals, None
+    if waiting:
+        on_stop_signal(waiting[0], None)
 
 
 def catch_stop_signals() -> dict:
@@ -80,7 +99,7 @@ def ending(error) -> tuple[int | None, str | None]:
     if isinstance(error, MemoryError | torch.OutOfMemoryError) or (
             "can't allocate memory" in str(error)):  # the CPU allocator's RuntimeError
         return 1, f"error: out of memory ({first_line(error)}); try a smaller --batch-size"
-    if isinstance(error, torch.distributed.DistError):  # a process of the job stopped
+    if isinstance(error, torch.distributed.DistError) or "/gloo/" in str(error):  # a peer gone
         return 1, f"error: a process of this torchrun job stopped ({first_line(error)})"
     return None, None
 

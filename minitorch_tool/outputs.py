@@ -8,10 +8,11 @@ import json
 import os
 import secrets
 import shlex
+import sys
 
 import filelock
 
-from minitorch_tool.errors import InputError
+from minitorch_tool.errors import InputError, signals_held
 from minitorch_tool.torchrun import mean_over_ranks, writes_files
 
 OUTPUTS = ("model.safetensors", "last.safetensors", "predictions.csv", "metrics.json",
@@ -27,7 +28,7 @@ class Out:
     def __init__(self, path, cleanup, device):
         self.path, self.existed = path, os.path.isdir(path)
         self.earlier = [n for n in OUTPUTS if os.path.isfile(os.path.join(path, n))]
-        self.written, self.renaming = {}, None  # file name -> what it holds; a rename under way
+        self.written = {}  # file name -> what it holds
         error = None
         if writes_files():
             try:
@@ -44,7 +45,7 @@ class Out:
         link planted there; mode 0o666 less the umask, as open() gives."""
         if not writes_files():
             return
-        temporary, path = {}, self.path
+        temporary, path, renaming = {}, self.path, False
         try:
             for name, (data, _) in files.items():
                 path = os.path.join(self.path, name)
@@ -53,15 +54,16 @@ class Out:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-            for name, (_, holds) in files.items():
-                path, self.renaming = os.path.join(self.path, name), name
-                os.replace(temporary[name], path)
-                del temporary[name]
-                self.written[name], self.renaming = holds, None
+            renaming = True
+            with signals_held():  # a stop signal waits until the whole group is renamed
+                for name, (_, holds) in files.items():
+                    path = os.path.join(self.path, name)
+                    os.replace(temporary[name], path)
+                    del temporary[name]
+                    self.written[name] = holds
         except OSError as e:  # a full disk; on Windows, a file another program holds open
-            held = "; is it open in another program?" if self.renaming and isinstance(
+            held = "; is it open in another program?" if renaming and isinstance(
                 e, PermissionError) else ""
-            self.renaming = None  # os.replace raised: it replaced nothing
             raise InputError(f"{path}: cannot write it ({e.strerror or e}{held})") from None
         finally:
             for tmp in temporary.values():
@@ -69,26 +71,29 @@ class Out:
                     os.remove(tmp)
 
     def summary(self, argv) -> str:
-        """What --out holds: as it was, or what this run wrote, a rename under way, the rest; and
+        """What --out holds: as it was, or what this run wrote and what is an earlier run's; and
         once this run wrote last.safetensors, the command that goes on with it."""
-        if not self.written and self.renaming is None:
+        if not self.written:
             return f"{self.path} is as it was" if self.existed else "nothing was written"
         wrote = ", ".join(f"{n} ({holds})" if holds else n for n, holds in self.written.items())
-        earlier = ", ".join(n for n in self.earlier if n not in [*self.written, self.renaming])
+        earlier = ", ".join(n for n in self.earlier if n not in self.written)
         last = os.path.join(self.path, "last.safetensors")
         return "; ".join(part for part in (
-            wrote and f"this run wrote {wrote} in {self.path}",
-            self.renaming and f"{os.path.join(self.path, self.renaming)} may have been replaced",
+            f"this run wrote {wrote} in {self.path}",
             earlier and f"an earlier run's {earlier} stay there",
             "last.safetensors" in self.written and f"go on with: {resume_command(argv, last)}")
             if part)
 
 
 def resume_command(argv, last) -> str:
-    """argv with --resume `last`: the command that goes on with the run saved there."""
+    """argv with --resume `last`: the command that goes on with the run saved there (or, if a
+    flag holds a character that the line would show escaped, what to add to it)."""
     flags = [a for a, prev in zip(argv, [None, *argv], strict=False)
              if "--resume" not in (prev, a.split("=")[0])]  # drop an old --resume X
-    return shlex.join(["python", "minitorch_run.py", *flags, "--resume", last])
+    program = sys.argv[0] if os.path.basename(sys.argv[0]) == "minitorch_run.py" else (
+        "minitorch_run.py")  # as typed, from any folder; main() in a notebook: the file's name
+    command = shlex.join(["python", program, *flags, "--resume", last])
+    return command if command.isprintable() else f"your command, with --resume {last}"
 
 
 def lock(path, cleanup):
