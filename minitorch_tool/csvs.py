@@ -49,8 +49,10 @@ def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
             if table is None or table.shape[1] != len(header) or not (
                     np.abs(table[:, first:]) <= FLOAT32_MAX).all():  # NaN, inf, too large
                 raise InputError(f"{path}: {first_bad_cell(f, header, first)}")
-            f.seek(0)  # the ids as written; blank lines skipped, as by numpy
-            ids = [cells[0] for cells in csv.reader(f) if cells][1:] if first else None
+            ids = None
+            if first:  # the ids as written; blank lines skipped, as by numpy
+                f.seek(0)
+                ids = [cells[0] for cells in csv.reader(f) if cells][1:]
             if first and len(ids) != len(table):  # read twice: a file that grows meanwhile
                 raise InputError(f"{path}: it changed while it was read; read it again")
     except OSError as e:

@@ -113,7 +113,8 @@ def say(line):
 
 
 def rank() -> int:
-    """The rank torchrun set (TORCHELASTIC_RUN_ID, a RANK below WORLD_SIZE), else 0: seen."""
+    """The rank torchrun set (with TORCHELASTIC_RUN_ID, a RANK below WORLD_SIZE); else 0, so
+    that variables set by hand never hide an error."""
     rank, world = (os.environ.get(name, "") for name in ("RANK", "WORLD_SIZE"))
     valid = all(n.isascii() and n.isdigit() for n in (rank, world)) and int(rank) < int(world)
     return int(rank) if valid and "TORCHELASTIC_RUN_ID" in os.environ else 0
