@@ -10,7 +10,7 @@ run's files), pictures, torchrun, speed (a loader of whole batches) and errors (
 
 import sys
 
-from minitorch_tool import errors  # no torch: a stop while torch loads is one line already
+from minitorch_tool import errors  # no torch in it: Ctrl-C during `import torch` is one line
 
 if __name__ == "__main__":
     errors.catch_stop_signals()
@@ -35,11 +35,11 @@ def main(argv=()):
     argv, out = list(argv), None
     with errors.one_line_errors(lambda: out and out.summary(argv)) as cleanup:
         args = flags.parse_args(argv)
+        device = torchrun.join(args.device, cleanup)  # under torchrun: GPU LOCAL_RANK
         stopped = None if args.resume is None else checkpoints.load_stopped_run(args.resume)
         settings = flags.settings(args, stopped)  # the flags', or the stopped run's
         torch.manual_seed(settings["seed"])  # the initial weights and the batch order
         torch.set_num_threads(1)  # as the lesson: no slower here, and never slowed by load
-        device = torchrun.join(args.device, cleanup)  # under torchrun: GPU LOCAL_RANK
         # Step 1: the checked CSVs as Datasets; the validation rows held out of the training file
         data = TableDataset(args.train, valid_ratio=settings["valid_ratio"], seed=settings["seed"])
         train_set, valid_set = Subset(data, data.train_rows), Subset(data, data.valid_rows)
@@ -54,7 +54,7 @@ def main(argv=()):
         optimizer = ml.make_optimizer(model, settings["lr"])
         run = {"epoch": 0, "history": [], "best_epoch": 0, "best_loss": math.inf, "best": None,
                "settings": settings, "data": checkpoints.fingerprint(data)}
-        if stopped is not None:  # where the stopped run was, to the bit
+        if stopped is not None:  # --resume: where the stopped run was, to the bit
             run.update({k: stopped[k] for k in ("epoch", "history", "best_epoch", "best_loss",
                                                 "best")})
             checkpoints.check_same_data(stopped, data.x.shape[1], run["data"], args.resume,
@@ -68,8 +68,10 @@ def main(argv=()):
         out = outputs.Out(args.out, cleanup, device)  # the last check: files are written next
         print(f"{len(train_set)} training rows, {len(valid_set)} validation rows, "
               f"{data.x.shape[1]} features; device {device}")
+        # 六.2-六.3: epochs of training and validation, each saved to --out
         fit(model, loaders, criterion, optimizer, device, data.stats, run, out, args.train)
-        if torchrun.writes_files():  # rank 0: the best model, loaded back, predicts
+        # 六.4: the test, by the best model loaded back (on rank 0 alone under torchrun)
+        if torchrun.writes_files():
             model, _ = checkpoints.load_model(os.path.join(out.path, "model.safetensors"), device)
             preds = predict(model, test_set, device, args.test)
             files, line = outputs.results(test_set, preds, run, data.y[data.train_rows])
@@ -83,7 +85,7 @@ def main(argv=()):
 def fit(model, loaders, criterion, optimizer, device, stats, run, out, path):
     """Train and validate until the run's epochs, or `patience` epochs without a better model.
     Each epoch writes last.safetensors, and model.safetensors when the model is better or this
-    --out has none of this run's (a resume into a new --out)."""
+    run has not written one yet (a resume)."""
     train_loader, valid_loader = loaders
     ddp_model = torchrun.ddp_wrapped(model)  # under torchrun, steps in step with other ranks
     epochs, patience = run["settings"]["epochs"], run["settings"]["patience"]

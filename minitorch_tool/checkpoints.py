@@ -175,7 +175,7 @@ def checked_scaling(tensors, document) -> Scaling:
             raise Damaged(name)
     if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
         raise Damaged("scaling")
-    if not document["target_span"] > 0 or len(document["feature_names"]) < len(mean):
+    if not document["target_span"] > 0 or len(document["feature_names"]) != len(mean):
         raise Damaged("target_span, feature_names")
     return Scaling(mean, std, *(document[name] for name in Scaling._fields[2:]))
 

@@ -82,8 +82,8 @@ def one_line_errors(summary):
         say(f"{line}: {held or 'nothing was written'}" if code > 128 else
             f"{line}; {held}" if held else line)
         sys.exit(code)
-    finally:  # a notebook's own handlers back; on the command line, every later signal
-        sys.stdout = stdout  # ignored, to the exit (Python restores no SIG_IGN as it ends)
+    finally:  # the handlers we replaced put back (a notebook keeps its own); on the command
+        sys.stdout = stdout  # line, stop signals ignored from here until the process exits
         for signum, handler in replaced.items():
             signal.signal(signum, signal.SIG_IGN if handler is on_stop_signal else handler)
 

@@ -50,7 +50,7 @@ class Out:
             for name, (data, _) in files.items():
                 path = os.path.join(self.path, name)
                 tmp = temporary[name] = os.path.join(self.path, f".{name}.{secrets.token_hex(6)}")
-                with os.fdopen(os.open(tmp, NEW_FILE, 0o666), "wb") as f:  # recorded first
+                with os.fdopen(os.open(tmp, NEW_FILE, 0o666), "wb") as f:  # finally removes it
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
