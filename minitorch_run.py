@@ -45,9 +45,8 @@ def main(argv=()):
         train_set, valid_set = Subset(data, data.train_rows), Subset(data, data.valid_rows)
         test_set = TableDataset(args.test, stats=data.stats)  # read now: a bad file stops early
         sampler = torchrun.this_ranks_share(train_set, settings["seed"])  # None unless torchrun
-        batch_size = settings["batch_size"]
-        loaders = (speed.make_loader(train_set, batch_size, shuffle=True, sampler=sampler),
-                   speed.make_loader(valid_set, batch_size, shuffle=False))
+        loaders = (speed.make_loader(train_set, settings["batch_size"], True, sampler),
+                   speed.make_loader(valid_set, settings["batch_size"], shuffle=False))
         # Steps 2-4: the lesson's network, loss and optimizer
         model = ml.MLP(data.x.shape[1]).to(device)
         criterion = ml.make_criterion()
@@ -55,10 +54,8 @@ def main(argv=()):
         run = {"epoch": 0, "history": [], "best_epoch": 0, "best_loss": math.inf, "best": None,
                "settings": settings, "data": checkpoints.fingerprint(data)}
         if stopped is not None:  # --resume: where the stopped run was, to the bit
-            run.update({k: stopped[k] for k in ("epoch", "history", "best_epoch", "best_loss",
-                                                "best")})
-            checkpoints.check_same_data(stopped, data.x.shape[1], run["data"], args.resume,
-                                        args.train)
+            checkpoints.check_same_data(stopped, run["data"], data.x.shape[1], args)
+            run.update({k: stopped[k] for k in run if k not in ("settings", "data")})
             model.load_state_dict(stopped["model"])
             optimizer.load_state_dict(stopped["optimizer"])
             for group in optimizer.param_groups:  # load_state_dict brought the old lr back
@@ -87,7 +84,7 @@ def fit(model, loaders, criterion, optimizer, device, stats, run, out, path):
     Each epoch writes last.safetensors, and model.safetensors when the model is better or this
     run has not written one yet (a resume)."""
     train_loader, valid_loader = loaders
-    ddp_model = torchrun.ddp_wrapped(model)  # under torchrun, steps in step with other ranks
+    net = torchrun.ddp_wrapped(model)  # under torchrun, steps in step with the other ranks
     epochs, patience = run["settings"]["epochs"], run["settings"]["patience"]
     if run["epoch"] - run["best_epoch"] >= patience:
         print(f"it had stopped early, {patience} epochs after its best: see --patience")
@@ -97,17 +94,16 @@ def fit(model, loaders, criterion, optimizer, device, stats, run, out, path):
     for epoch in range(run["epoch"] + 1, epochs + 1):
         start = time.perf_counter()
         torchrun.reshuffle_shares(train_loader, epoch)
-        train_loss = ml.train(ddp_model, speed.progress_bar(train_loader), criterion, optimizer,
-                              device)
+        train_loss = ml.train(net, speed.progress_bar(train_loader), criterion, optimizer, device)
         valid_loss = ml.evaluate(model, valid_loader, criterion, device)  # what ddp wraps
-        losses = [loss * stats.target_span**2  # an MSE of y' times target_span² is one of y
-                  for loss in torchrun.mean_over_ranks([train_loss, valid_loss], device)]
+        losses = torchrun.mean_over_ranks([train_loss, valid_loss], device)
+        losses = [loss * stats.target_span**2 for loss in losses]  # MSEs of y' -> MSEs of y
         check_finite(epoch, losses, model, valid_loader.dataset, device, stats, run, path)
         run["history"].append({"epoch": epoch, "train_loss": losses[0], "valid_loss": losses[1]})
         improved = losses[1] < run["best_loss"]  # validation picks the model, never the test set
         if improved:  # a copy: a state_dict holds the live tensors, which training changes
-            run.update(best_loss=losses[1], best_epoch=epoch, best=copy.deepcopy(
-                model.state_dict()))
+            run.update(best_loss=losses[1], best_epoch=epoch,
+                       best=copy.deepcopy(model.state_dict()))
         run["epoch"] = epoch
         out.write(checkpoints.epoch_files(run, model, optimizer, stats, with_model=(
             improved or "model.safetensors" not in out.written)))
@@ -127,9 +123,9 @@ def check_finite(epoch, losses, model, valid_set, device, stats, run, path):
         preds = predict(model, valid_set, device, path)  # names a row it cannot predict
         targets = valid_set.dataset.y[valid_set.indices]
         i = int((preds.double() - targets.double()).square().argmax())
-        raise InputError(f"{path}: data row {int(valid_set.indices[i]) + 1}, a validation row, "
-                         f"has target {stats.in_target_units(targets[i]).item():g}, so far from "
-                         "the training rows' targets that its squared error overflows float32")
+        raise InputError(f"{path}: data row {int(valid_set.indices[i]) + 1} (validation): its "
+                         f"target {stats.in_target_units(targets[i]).item():g} is too far from "
+                         "the training rows' targets: its squared error overflows float32")
     raise InputError(f"epoch {epoch}: the loss is {losses[0]:g} (train), {losses[1]:g} (valid): "
                      f"the run diverged; lower --lr (now {run['settings']['lr']:g})")
 
@@ -141,8 +137,8 @@ def predict(model, dataset, device, path) -> torch.Tensor:
     bad = (~torch.isfinite(preds[:, 0])).nonzero()
     if len(bad):
         row = int(getattr(dataset, "indices", range(len(preds)))[int(bad[0])]) + 1
-        raise InputError(f"{path}: data row {row}: the model's prediction for it is not a "
-                         "finite number (its features lie too far from the training rows')")
+        raise InputError(f"{path}: data row {row}: the model's prediction is not a finite "
+                         "number (its features lie too far from the training rows')")
     return preds
 
 

@@ -24,13 +24,12 @@ HEADER_KEY = "minitorch_run"  # the entry of the safetensors header's metadata w
 # The JSON's schemas: a type (a float is finite, an int never a bool); [schema], a list;
 # {name: schema}, exactly these names; {str: schema}, any names; PLAIN, an optimizer's setting.
 PLAIN = "plain"
-OPTIONS = {str: PLAIN}
 MODEL = {"format": str, "target_low": float, "target_span": float, "target_name": str,
          "feature_names": [str]}
 LAST = {**MODEL, "settings": {name: parse.kind for name, parse in SETTINGS.items()},
         "epoch": int, "history": [{"epoch": int, "train_loss": float, "valid_loss": float}],
         "best_epoch": int, "best_loss": float, "data": str, "optimizer_class": str,
-        "optimizer_groups": [OPTIONS], "optimizer_plain_state": {str: OPTIONS}}
+        "optimizer_groups": [{str: PLAIN}]}
 RUN = ("settings", "epoch", "history", "best_epoch", "best_loss", "data")  # a run's values
 ANOTHER_RUN = ": use the code that wrote it, or start afresh in a new --out"
 
@@ -43,40 +42,28 @@ class Damaged(Exception):
 def epoch_files(run, model, optimizer, stats, with_model) -> dict:
     """{name: (bytes, what it holds)} for Out.write: last.safetensors (weights, best model,
     optimizer, random generator, the run's values) and, with_model, model.safetensors."""
-    state = optimizer.state_dict()
     tensors = {**prefixed("model.", model.state_dict()), **prefixed("best.", run["best"]),
                "rng": torch.get_rng_state()}
-    plain = {}
-    for i, values in state["state"].items():
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{i}.{name}"] = value
-            else:
-                plain.setdefault(str(i), {})[name] = value
-    groups = [{k: v for k, v in group.items() if k != "params"} for group in state["param_groups"]]
-    last = as_bytes(tensors, stats, {**{k: run[k] for k in RUN}, "optimizer_plain_state": plain,
-                                     "optimizer_class": type(optimizer).__name__,
-                                     "optimizer_groups": groups})
+    for i, state in optimizer.state_dict()["state"].items():  # tensors, in torch's optimizers
+        tensors |= prefixed(f"optimizer.{i}.", state)  # (not LBFGS: train() gives no closure)
+    groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    last = as_bytes(tensors, stats, {**{k: run[k] for k in RUN}, "optimizer_groups": groups,
+                                     "optimizer_class": type(optimizer).__name__})
     files = {"last.safetensors": (last, f"epoch {run['epoch']}")}
     if with_model:
-        files["model.safetensors"] = (model_file(run["best"], stats),
-                                      f"epoch {run['best_epoch']}'s model")
+        best = as_bytes(prefixed("model.", run["best"]), stats, {})
+        files["model.safetensors"] = (best, f"epoch {run['best_epoch']}'s model")
     return files
 
 
-def model_file(state_dict, stats) -> bytes:
-    return as_bytes(prefixed("model.", state_dict), stats, {})
-
-
 def as_bytes(tensors, stats, document) -> bytes:
-    """One safetensors file: `tensors` and the scaling's; `document`, the scaling's plain
-    values and the format as JSON in its header."""
+    """One safetensors file: `tensors` and the scaling's; in its header, as JSON, `document`,
+    the scaling's plain values and the format."""
     tensors = {**tensors, "scaling.mean": stats.mean, "scaling.std": stats.std}
-    document = {"format": FORMAT, **{k: getattr(stats, k) for k in MODEL if k != "format"},
-                **document}
     cpu = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
-    return safetensors.torch.save(cpu, metadata={HEADER_KEY: json.dumps(document,
-                                                                         allow_nan=False)})
+    scaling = {k: getattr(stats, k) for k in MODEL if k != "format"}
+    text = json.dumps({"format": FORMAT, **scaling, **document}, allow_nan=False)
+    return safetensors.torch.save(cpu, metadata={HEADER_KEY: text})
 
 
 def prefixed(prefix, state_dict):
@@ -86,7 +73,7 @@ def prefixed(prefix, state_dict):
 # --- Reading: every value checked before it is used ---
 def load_model(path, device="cpu") -> tuple[ml.MLP, Scaling]:
     """The model of a model.safetensors (or a last.safetensors) on `device`, and its scaling."""
-    tensors, document = read(path, (MODEL, LAST))
+    tensors, document = read(path, MODEL)
     with refusing_damage(path), torch.device("meta"):  # shapes only: no memory, until checked
         stats = checked_scaling(tensors, document)
         weights = checked_weights(tensors, "model.", ml.MLP(len(stats.mean)), path)
@@ -100,18 +87,16 @@ def refusing_damage(path):
     try:
         yield
     except Damaged as e:
-        raise InputError(f"{path}: a damaged or foreign checkpoint ({e}){ANOTHER_RUN}"
-                         ) from None
+        raise InputError(f"{path}: a damaged or foreign checkpoint ({e}){ANOTHER_RUN}") from None
 
 
-def read(path, schemas) -> tuple[dict, dict]:
-    """A checkpoint's tensors (CPU) and its JSON document, checked against the one of `schemas`
-    whose names it has (or the first); any fault, one InputError."""
+def read(path, schema) -> tuple[dict, dict]:
+    """A checkpoint's tensors (CPU) and its JSON document, checked against `schema` (LAST's,
+    where a model file holds LAST's names); any fault, one InputError."""
     try:
         with open(path, "rb") as f:
-            if f.read(4) == b"PK\x03\x04":  # a zip archive: torch.save's .pt
-                raise InputError(f"{path}: a checkpoint of an earlier version (torch.save), "
-                                 "which this one never reads (it could run code)")
+            if f.read(4) == b"PK\x03\x04":  # a zip archive: torch.save's .pt, which runs code
+                raise InputError(f"{path}: a checkpoint of an earlier version (torch.save): unread")
         with refusing_damage(path), safetensors.safe_open(path, "pt") as f:
             text = (f.metadata() or {}).get(HEADER_KEY)
             if text is None:
@@ -121,10 +106,9 @@ def read(path, schemas) -> tuple[dict, dict]:
             except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
                 raise Damaged("its JSON does not read") from None
             names = document.keys() if isinstance(document, dict) else ()
-            if schemas == (LAST,) and names == MODEL.keys():
+            if schema is LAST and names == MODEL.keys():
                 raise InputError(f"{path}: a model file; --resume takes a run's last.safetensors")
-            check_json(document, next((s for s in schemas if s.keys() == names), schemas[0]),
-                       "the document")
+            check_json(document, LAST if names == LAST.keys() else schema, "the document")
             if document["format"] != FORMAT:
                 raise Damaged("its format")
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (no dict)
@@ -140,20 +124,16 @@ def check_json(value, schema, where):
         ok = type(value) is float and math.isfinite(value)
     elif schema in (int, str):
         ok = type(value) is schema
+    elif schema == PLAIN:
+        ok = plain(value)
     elif isinstance(schema, list):
         ok = type(value) is list
         for i, item in enumerate(value if ok else []):
             check_json(item, schema[0], f"{where}[{i}]")
-    elif schema == PLAIN:
-        ok = plain(value)
-    elif str in schema:
-        ok = type(value) is dict
-        for name in value if ok else []:
-            check_json(value[name], schema[str], f"{where}.{quoted(name, 20)}")
     else:
-        ok = type(value) is dict and value.keys() == schema.keys()
-        for name in schema if ok else []:
-            check_json(value[name], schema[name], f"{where}.{name}")
+        ok = type(value) is dict and (str in schema or value.keys() == schema.keys())
+        for name in value if ok else []:
+            check_json(value[name], schema.get(str) or schema[name], f"{where}.{shown(name, 20)}")
     if not ok:
         raise Damaged(where)
 
@@ -168,16 +148,16 @@ def plain(value) -> bool:  # a number, a flag, None, a word, a few numbers (Adam
 
 
 def checked_scaling(tensors, document) -> Scaling:
-    """F finite means, F finite stds > 0, a target span > 0."""
-    mean, std = (tensors.get(f"scaling.{name}") for name in ("mean", "std"))
-    for name, t in (("scaling.mean", mean), ("scaling.std", std)):
-        if t is None or t.dtype != torch.float64 or t.dim() != 1 or not 0 < len(t) == len(mean):
+    """A finite mean and a finite std > 0 for each feature name, a target span > 0."""
+    n = len(document["feature_names"])
+    for name in ("scaling.mean", "scaling.std"):
+        t = tensors.get(name)
+        if t is None or t.dtype != torch.float64 or t.shape != (n,) or not torch.isfinite(t).all():
             raise Damaged(name)
-    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+    if n == 0 or not (tensors["scaling.std"] > 0).all() or not document["target_span"] > 0:
         raise Damaged("scaling")
-    if not document["target_span"] > 0 or len(document["feature_names"]) != len(mean):
-        raise Damaged("target_span, feature_names")
-    return Scaling(mean, std, *(document[name] for name in Scaling._fields[2:]))
+    return Scaling(tensors["scaling.mean"], tensors["scaling.std"],
+                   *(document[name] for name in Scaling._fields[2:]))
 
 
 def checked_weights(tensors, prefix, model, path) -> dict:
@@ -192,11 +172,10 @@ def checked_weights(tensors, prefix, model, path) -> dict:
         differ = f"layers {have}; MLP now builds {now}" if have != now else (
             f"parameters {quoted(', '.join(saved))}; MLP's are now {', '.join(built)}")
         raise InputError(f"{path}: its network has {differ}{ANOTHER_RUN}")
-    cast = {}
-    for name, t in saved.items():
-        cast[name] = t.to(built[name].dtype) if t.is_floating_point() else None
-        if cast[name] is None or not torch.isfinite(cast[name]).all():
-            raise Damaged(f"{prefix}{name}")
+    cast = {k: t.to(built[k].dtype) for k, t in saved.items() if t.is_floating_point()}
+    for name in saved:
+        if name not in cast or not torch.isfinite(cast[name]).all():
+            raise Damaged(prefix + name)
     return cast
 
 
@@ -208,7 +187,7 @@ def layer_sizes(state_dict) -> str:
 # --- Resume: last.safetensors holds the whole run, so a stopped run continues bit for bit ---
 def load_stopped_run(path) -> dict:
     """The stopped run saved in `path`, a last.safetensors, checked in full."""
-    tensors, document = read(path, (LAST,))
+    tensors, document = read(path, LAST)
     with refusing_damage(path):
         return checked_run(tensors, document, path)
 
@@ -219,17 +198,13 @@ def checked_run(tensors, document, path) -> dict:
             SETTINGS[name](repr(value))
         except (ValueError, argparse.ArgumentTypeError):
             raise Damaged(f"settings.{name}") from None
-    epoch, history, best_epoch = document["epoch"], document["history"], document["best_epoch"]
-    if not (1 <= best_epoch <= epoch == len(history)) or [h["epoch"] for h in history] != list(
-            range(1, epoch + 1)):
-        raise Damaged("epoch, best_epoch, history")
+    history, epoch, best = document["history"], document["epoch"], document["best_epoch"]
+    if epoch != len(history) or [h["epoch"] for h in history] != list(range(1, epoch + 1)):
+        raise Damaged("epoch, history")
     if not all(h[k] >= 0 for h in history for k in ("train_loss", "valid_loss")):
         raise Damaged("history")
-    if document["best_loss"] != history[best_epoch - 1]["valid_loss"]:
-        raise Damaged("best_loss")
-    stats = checked_scaling(tensors, document)
-    with torch.device("meta"):  # its shapes only: no memory for what a file claims
-        model = ml.MLP(len(stats.mean))
+    if not 1 <= best <= epoch or document["best_loss"] != history[best - 1]["valid_loss"]:
+        raise Damaged("best_epoch, best_loss")
     rng = tensors.get("rng")
     try:  # a ByteTensor that is a state of the generator
         torch.Generator().set_state(rng if rng is not None and rng.dim() == 1 else None)
@@ -238,6 +213,9 @@ def checked_run(tensors, document, path) -> dict:
     others = {k for k in tensors if not k.startswith(("model.", "best.", "optimizer."))}
     if not others <= {"rng", "scaling.mean", "scaling.std"}:  # the rest, checked_weights'
         raise Damaged("its tensors' names")
+    stats = checked_scaling(tensors, document)
+    with torch.device("meta"):  # its shapes only: no memory for what a file claims
+        model = ml.MLP(len(stats.mean))
     return {**{k: document[k] for k in RUN}, "stats": stats, "rng": rng,
             "model": checked_weights(tensors, "model.", model, path),
             "best": checked_weights(tensors, "best.", model, path),
@@ -246,7 +224,7 @@ def checked_run(tensors, document, path) -> dict:
 
 # Param-group keys that say how a torch release computes a step, not which step; not compared,
 # so another release's checkpoint resumes (load_state_dict fills in those it lacks).
-HOW_NOT_WHAT = {"params", "foreach", "fused", "differentiable", "capturable"}
+HOW_NOT_WHAT = {"params", "foreach", "fused", "differentiable", "capturable", "lr"}
 
 
 def checked_optimizer(tensors, document, model, path) -> dict:
@@ -257,38 +235,28 @@ def checked_optimizer(tensors, document, model, path) -> dict:
     if saved_class != built_class:
         raise InputError(f"{path}: the stopped run's optimizer is {quoted(saved_class)}; "
                          f"make_optimizer now builds {built_class}{ANOTHER_RUN}")
-    groups, now = document["optimizer_groups"], built.state_dict()["param_groups"]
-    if len(groups) != len(now):
+    groups, changed = built.state_dict()["param_groups"], []
+    if len(groups) != len(document["optimizer_groups"]):
         raise Damaged("optimizer_groups")
-    # A key the file lacks takes today's value; JSON holds a tuple (Adam's betas) as a list:
-    # back to a tuple where today's has one
-    group = {**now[0], **{k: tuple(v) if isinstance(now[0].get(k), tuple) else v
-                          for k, v in groups[0].items()}}
-    changed = [f"{k}={shown(str(group[k]))} (now {now[0][k]})" for k in now[0]
-               if k in group and k not in HOW_NOT_WHAT | {"lr"} and group[k] != now[0][k]]
+    for now, saved in zip(groups, document["optimizer_groups"], strict=True):
+        for k, v in saved.items():  # JSON holds a tuple (Adam's betas) as a list
+            v = tuple(v) if isinstance(now.get(k), tuple) else v
+            if k in now and k not in HOW_NOT_WHAT and v != now[k]:
+                changed.append(f"{k}={shown(str(v))} (now {now[k]})")
+            if k != "params":  # a key the file lacks keeps today's value
+                now[k] = v
     if changed:
         raise InputError(f"{path}: the stopped run's {built_class} had {', '.join(changed)}"
                          f"{ANOTHER_RUN}")
-    params, state = list(model.parameters()), {}
-    for name, t in tensors.items():
-        if name.startswith("optimizer."):
-            index, _, key = name[len("optimizer."):].partition(".")
-            if not (is_index(index, len(params)) and key):
-                raise Damaged("optimizer state")
-            i = int(index)
-            if not t.is_floating_point() or t.shape not in (params[i].shape, ()) or not (
-                    torch.isfinite(t.to(params[i].dtype)).all()):
-                raise Damaged(f"optimizer state {i}")
-            state.setdefault(i, {})[key] = t.to(params[i].dtype)
-    for index, values in document["optimizer_plain_state"].items():
-        if not is_index(index, len(params)):
-            raise Damaged("optimizer state")
-        state.setdefault(int(index), {}).update(values)
-    return {"state": state, "param_groups": [{**group, "params": list(range(len(params)))}]}
-
-
-def is_index(text, n) -> bool:  # 0 .. n-1 in ASCII digits ("²" and "٣" are digits too)
-    return text.isascii() and text.isdigit() and int(text) < n
+    params, state = {str(i): p for i, p in enumerate(model.parameters())}, {}  # "²" is no "2"
+    for name in (name for name in tensors if name.startswith("optimizer.")):
+        index, _, key = name.removeprefix("optimizer.").partition(".")
+        p = params.get(index) if key and tensors[name].is_floating_point() else None
+        t = None if p is None else tensors[name].to(p.dtype)
+        if t is None or t.shape not in (p.shape, ()) or not torch.isfinite(t).all():
+            raise Damaged(f"optimizer state {shown(name, 30)}")
+        state.setdefault(int(index), {})[key] = t
+    return {"state": state, "param_groups": groups}
 
 
 def fingerprint(data) -> str:
@@ -296,12 +264,10 @@ def fingerprint(data) -> str:
     return hashlib.sha256(data.x.numpy().tobytes() + data.y.numpy().tobytes()).hexdigest()
 
 
-def check_same_data(stopped, given, digest, resume, train):
-    """The stopped run trained on `train`'s data: `given` features, rows of this `digest`."""
-    trained_on = len(stopped["stats"].mean)
-    if trained_on != given:
-        raise InputError(f"--resume {resume}: the stopped run's model takes {trained_on} "
-                         f"features; from {train} it now gets {given}")
+def check_same_data(stopped, digest, n_features, args):
+    """The stopped run trained on --train's rows: as many features, rows of this `digest`."""
+    n, where = len(stopped["stats"].mean), f"--resume {args.resume}: the stopped run"
+    if n != n_features:
+        raise InputError(f"{where} took {n} features; {args.train} has {n_features}")
     if stopped["data"] != digest:
-        raise InputError(f"--resume {resume}: the stopped run trained on other rows than "
-                         f"{train}'s")
+        raise InputError(f"{where} trained on other rows than {args.train}'s")

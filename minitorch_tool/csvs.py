@@ -42,19 +42,13 @@ def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
             if not file.seekable():  # a pipe: read once, into memory; newline="": \r ends a
                 f = io.StringIO(first_line + file.read(), newline="")  # line, as from a disk
                 f.seek(len(first_line))
-            first = int(header[0].strip().lower() == "id")  # 1: column 0 holds ids, as text
-            table = numbers_after_the_header(f, first)
+            ids = [] if header[0].strip().lower() == "id" else None  # column 0's cells, as text
+            table, first = numbers_after_the_header(f, ids), int(ids is not None)
             if table is not None and len(table) == 0:
                 raise InputError(f"{path}: a header but no data rows")
             if table is None or table.shape[1] != len(header) or not (
                     np.abs(table[:, first:]) <= FLOAT32_MAX).all():  # NaN, inf, too large
                 raise InputError(f"{path}: {first_bad_cell(f, header, first)}")
-            ids = None
-            if first:  # the ids as written; blank lines skipped, as by numpy
-                f.seek(0)
-                ids = [cells[0] for cells in csv.reader(f) if cells][1:]
-            if first and len(ids) != len(table):  # read twice: a file that grows meanwhile
-                raise InputError(f"{path}: it changed while it was read; read it again")
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError as e:
@@ -70,11 +64,9 @@ LONGEST_HEADER = 1 << 20  # characters: a first line longer than this names no c
 def column_names(path, line) -> list[str]:
     """Line 1 as the column names, or one line that says why it is none."""
     if "\x00" in line:
-        raise InputError(f"{path}: not a text file (it holds NUL bytes: binary data, or UTF-16 "
-                         "text without a byte order mark?)")
+        raise InputError(f"{path}: not a text file (NUL bytes: binary, or UTF-16 with no BOM?)")
     if len(line) == LONGEST_HEADER and not line.endswith(("\n", "\r")):
-        raise InputError(f"{path}: line 1 is over {LONGEST_HEADER} characters long: not a row "
-                         "of column names")
+        raise InputError(f"{path}: line 1 is over {LONGEST_HEADER} characters long: no header")
     header = next(csv.reader([line]), None) if line else None
     if header is None:
         raise InputError(f"{path}: the file is empty")
@@ -97,14 +89,14 @@ def not_utf8(raw) -> str:  # why bytes that start with `raw` do not read as UTF-
     return "not UTF-8 text (Latin-1, or another encoding?); save it as UTF-8"
 
 
-def numbers_after_the_header(f, first) -> np.ndarray | None:
-    """The rest of `f` as an (N, C) table (numpy's parser, in C), or None if it is not one;
-    with first=1 column 0 (ids) is read as 0."""
-    ids = {0: lambda cell: 0.0} if first else None
+def numbers_after_the_header(f, ids) -> np.ndarray | None:
+    """The rest of `f` as an (N, C) table (numpy's parser, in C), or None if it is not one; a
+    list `ids` takes column 0's cells as written, in the same pass (they are read as 0)."""
+    keep = None if ids is None else {0: lambda cell: ids.append(cell) or 0.0}
     try:
         with warnings.catch_warnings(action="ignore"):  # numpy warns on a header-only file
             return np.loadtxt(f, delimiter=",", quotechar='"', ndmin=2, comments=None,
-                              converters=ids)
+                              converters=keep)
     except ValueError:  # not a number somewhere: first_bad_cell finds it
         return None
 
@@ -145,10 +137,9 @@ class TableDataset(ml.CsvDataset):
         n_features = feature_columns(path, header, stats)
         rows = ml.split_rows(len(table), valid_ratio, seed)
         self.train_rows, self.valid_rows = rows["train"], rows["valid"]
-        if stats is None and (len(self.train_rows) < 2 or (valid_ratio and not len(
-                self.valid_rows))):
-            raise InputError(f"{path}: {len(table)} rows are too few to hold out "
-                             f"{valid_ratio:g} of them for validation and train on at least 2")
+        if stats is None and (len(self.train_rows) < 2 or valid_ratio and not len(self.valid_rows)):
+            raise InputError(f"{path}: {len(table)} rows are too few to validate on {valid_ratio:g}"
+                             " of them and train on at least 2")
         self.unscored = None  # why a test file has no test MSE, or None
         if len(header) == n_features:
             self.unscored = "the test CSV has no target column"

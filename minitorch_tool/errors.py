@@ -74,13 +74,10 @@ def one_line_errors(summary):
                 phase = "ended" if ours else phase
     except (Exception, KeyboardInterrupt) as e:
         code, line = ending(e)
-        held = summary()
-        if code is None:  # a bug of ours: what --out holds, then its traceback
-            say(f"error: {type(e).__name__}, a bug (its traceback follows); "
-                f"{held or 'nothing was written'}")
+        held = summary() or ("" if code in (1, 2) else "nothing was written")
+        say(f"{line}{': ' if code and code > 128 else '; '}{held}" if held else line)
+        if code is None:  # a bug of ours: its traceback follows the line
             raise
-        say(f"{line}: {held or 'nothing was written'}" if code > 128 else
-            f"{line}; {held}" if held else line)
         sys.exit(code)
     finally:  # the handlers we replaced put back (a notebook keeps its own); on the command
         sys.stdout = stdout  # line, stop signals ignored from here until the process exits
@@ -88,8 +85,8 @@ def one_line_errors(summary):
             signal.signal(signum, signal.SIG_IGN if handler is on_stop_signal else handler)
 
 
-def ending(error) -> tuple[int | None, str | None]:
-    """The exit code and the line for what stopped the run, or (None, None): a bug of ours."""
+def ending(error) -> tuple[int | None, str]:
+    """The exit code and the line for what stopped the run; no code for a bug of ours."""
     import torch  # loaded by now: imported here so that this room loads without it
 
     if isinstance(error, InputError):
@@ -101,7 +98,7 @@ def ending(error) -> tuple[int | None, str | None]:
         return 1, f"error: out of memory ({first_line(error)}); try a smaller --batch-size"
     if isinstance(error, torch.distributed.DistError) or "/gloo/" in str(error):  # a peer gone
         return 1, f"error: a process of this torchrun job stopped ({first_line(error)})"
-    return None, None
+    return None, f"error: {type(error).__name__}, a bug (its traceback follows)"
 
 
 def say(line):

@@ -22,11 +22,9 @@ def bounded(kind, low, high):
     """An argparse type: an int from `low` to `high`, or a float strictly between them."""
     def parse(text):
         value = kind(text)  # on a ValueError argparse says "invalid <__name__> value: ..."
-        if kind is int and not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {text}")
-        if kind is float and not low < value < high:  # NaN fails this too
-            raise argparse.ArgumentTypeError(f"must be above {low:g} and below {high:g}, "
-                                             f"got {text}")
+        between = f"from {low} to {high}" if kind is int else f"above {low:g} and below {high:g}"
+        if not (low <= value <= high if kind is int else low < value < high):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be {between}, got {text}")
         return value
     parse.__name__, parse.kind = kind.__name__, kind
     return parse
@@ -82,9 +80,8 @@ def settings(args, stopped) -> dict:
         if name not in args.typed or value == saved:
             chosen[name] = saved
         elif name in FIXED_SETTINGS:
-            raise InputError(f"{flag} {value}: the stopped run in {args.resume} has {flag} "
-                             f"{saved}, which picks its validation rows; drop the flag to "
-                             "resume, or start a new run in a new --out")
+            raise InputError(f"{flag} {value}: the stopped run in {args.resume} has {saved}, "
+                             "which picks its validation rows; drop the flag, or use a new --out")
         else:
             print(f"{flag} {value} replaces the stopped run's {saved}")
     return chosen

@@ -29,12 +29,7 @@ class Out:
         self.path, self.existed = path, os.path.isdir(path)
         self.earlier = [n for n in OUTPUTS if os.path.isfile(os.path.join(path, n))]
         self.written = {}  # file name -> what it holds
-        error = None
-        if writes_files():
-            try:
-                lock(path, cleanup)
-            except InputError as e:
-                error = e
+        error = lock(path, cleanup) if writes_files() else None
         if mean_over_ranks([float(error is not None)], device) != [0.0]:  # every rank stops
             raise error or InputError("rank 0 could not prepare --out")  # only rank 0 prints
 
@@ -77,17 +72,17 @@ class Out:
             return f"{self.path} is as it was" if self.existed else "nothing was written"
         wrote = ", ".join(f"{n} ({holds})" if holds else n for n, holds in self.written.items())
         earlier = ", ".join(n for n in self.earlier if n not in self.written)
-        last = os.path.join(self.path, "last.safetensors")
-        return "; ".join(part for part in (
-            f"this run wrote {wrote} in {self.path}",
-            earlier and f"an earlier run's {earlier} stay there",
-            "last.safetensors" in self.written and f"go on with: {resume_command(argv, last)}")
-            if part)
+        line = f"this run wrote {wrote} in {self.path}"
+        line += f"; an earlier run's {earlier} stay there" if earlier else ""
+        if "last.safetensors" in self.written:
+            line += f"; go on with: {resume_command(argv, self.path)}"
+        return line
 
 
-def resume_command(argv, last) -> str:
-    """argv with --resume `last`: the command that goes on with the run saved there (or, if a
-    flag holds a character that the line would show escaped, what to add to it)."""
+def resume_command(argv, out) -> str:
+    """argv with --resume out/last.safetensors: the command that goes on with the run (or, if
+    a flag holds a character that the line would show escaped, what to add to it)."""
+    last = os.path.join(out, "last.safetensors")
     flags = [a for a, prev in zip(argv, [None, *argv], strict=False)
              if "--resume" not in (prev, a.split("=")[0])]  # drop an old --resume X
     program = sys.argv[0] if os.path.basename(sys.argv[0]) == "minitorch_run.py" else (
@@ -96,21 +91,21 @@ def resume_command(argv, last) -> str:
     return command if command.isprintable() else f"your command, with --resume {last}"
 
 
-def lock(path, cleanup):
+def lock(path, cleanup) -> InputError | None:
     """--out, made if need be, with no directory where an output goes, locked until the run
-    ends (filelock's, on every platform; run.lock stays): a second run there is refused."""
+    ends (filelock's, on every platform; run.lock stays); else why not: a second run there."""
     try:
         os.makedirs(path, exist_ok=True)
         for name in OUTPUTS:
             if os.path.isdir(os.path.join(path, name)):
-                raise InputError(f"--out {path}: {name} is a directory; the run writes a file "
-                                 "there")
+                return InputError(f"--out {path}: {name} is a directory, not a file")
         cleanup.enter_context(filelock.FileLock(os.path.join(path, LOCK), timeout=0))
     except filelock.Timeout:
-        raise InputError(f"--out {path}: another run is writing there; wait for it to end, "
-                         "or choose another --out") from None
+        return InputError(f"--out {path}: another run is writing there; wait for it to end, "
+                          "or choose another --out")
     except OSError as e:
-        raise InputError(f"--out {path}: cannot write there ({e.strerror})") from None
+        return InputError(f"--out {path}: cannot write there ({e.strerror})")
+    return None
 
 
 def results(test_set, preds, run, train_targets) -> tuple[dict, str]:
