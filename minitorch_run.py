@@ -30,13 +30,12 @@ from minitorch_tool.errors import InputError
 
 
 def main(argv=()):
-    """The run: the lesson's set-up (notes 六.1) on checked files, epochs, the test. main() in
-    a notebook runs with the defaults; the command line passes its own flags."""
+    """The lesson's run (notes 六.1-六.4) on checked files; main() in a notebook, too."""
     argv, out = list(argv), None
     with errors.one_line_errors(lambda: out and out.summary(argv)) as cleanup:
         args = flags.parse_args(argv)
         device = torchrun.join(args.device, cleanup)  # under torchrun: GPU LOCAL_RANK
-        stopped = None if args.resume is None else checkpoints.load_stopped_run(args.resume)
+        stopped = None if args.resume is None else checkpoints.read(args.resume, checkpoints.LAST)
         settings = flags.settings(args, stopped)  # the flags', or the stopped run's
         torch.manual_seed(settings["seed"])  # the initial weights and the batch order
         torch.set_num_threads(1)  # as the lesson: no slower here, and never slowed by load
@@ -80,9 +79,8 @@ def main(argv=()):
 
 
 def fit(model, loaders, criterion, optimizer, device, stats, run, out, path):
-    """Train and validate until the run's epochs, or `patience` epochs without a better model.
-    Each epoch writes last.safetensors, and model.safetensors when the model is better or this
-    run has not written one yet (a resume)."""
+    """Train and validate until the last epoch, or `patience` epochs without a better model;
+    each epoch writes last.safetensors, and model.safetensors when the model is better."""
     train_loader, valid_loader = loaders
     net = torchrun.ddp_wrapped(model)  # under torchrun, steps in step with the other ranks
     epochs, patience = run["settings"]["epochs"], run["settings"]["patience"]
@@ -115,8 +113,7 @@ def fit(model, loaders, criterion, optimizer, device, stats, run, out, path):
 
 
 def check_finite(epoch, losses, model, valid_set, device, stats, run, path):
-    """A loss of inf or NaN stops the run before the epoch saves. A validation loss alone: the
-    validation row whose prediction or squared error overflows float32, named. Else: diverged."""
+    """An inf or NaN loss stops the run before the epoch saves: the validation row, or diverged."""
     if all(map(math.isfinite, losses)):
         return
     if math.isfinite(losses[0]):
@@ -131,8 +128,7 @@ def check_finite(epoch, losses, model, valid_set, device, stats, run, path):
 
 
 def predict(model, dataset, device, path) -> torch.Tensor:
-    """The model's predictions (N, 1) for `dataset` (a TableDataset or a Subset of one), or one
-    line naming the first row whose prediction is not a finite number."""
+    """The model's predictions (N, 1) for `dataset`, or the first row it cannot predict, named."""
     preds = ml.test(model, speed.make_loader(dataset, 1024, shuffle=False), device)
     bad = (~torch.isfinite(preds[:, 0])).nonzero()
     if len(bad):

@@ -616,7 +616,7 @@ def fails(capsys, previous_run, tmp_path, *flags) -> str:
         mr.main([str(arg) for arg in good + list(flags)])
     line = capsys.readouterr().err
     assert stop.value.code == 2 and line.startswith("error: ") and line.count("\n") == 1, line
-    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != outputs.LOCK}
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "run.lock"}
     assert after == before, "a file was touched"
     return line
 
@@ -651,7 +651,7 @@ BAD_CSVS = {  # what the file holds -> what the message says
     "UTF-16": ("a,b,é\n1,2,0.5\n3,4,0.25\n5,6,1\n".encode("utf-16"),
                "UTF-16 text; save it as UTF-8"),
     "Latin-1": ("a,b,é\n1,2,0.5\n3,4,0.25\n5,6,1\n".encode("latin-1"),
-                "not UTF-8 text (Latin-1, or another encoding?); save it as UTF-8"),
+                "not UTF-8 text (Latin-1?); save it as UTF-8"),
 }
 
 
@@ -746,9 +746,9 @@ def test_a_second_run_on_a_busy_out_is_refused(capsys, previous_run, tmp_path):
     a run is refused."""
     busy = tmp_path / "busy"
     busy.mkdir()
-    with filelock.FileLock(busy / outputs.LOCK):  # what a running run holds
+    with filelock.FileLock(busy / "run.lock"):  # what a running run holds
         line = fails(capsys, previous_run, tmp_path, "--out", busy)
-    assert "another run is writing there" in line and os.listdir(busy) == [outputs.LOCK]
+    assert "another run is writing there" in line and os.listdir(busy) == ["run.lock"]
 
 
 def test_a_directory_where_an_output_goes_is_found_before_training(capsys, previous_run,
@@ -889,7 +889,7 @@ def crafted(previous_run, tmp_path, craft, name="crafted.safetensors"):
 def refused(path, message="a damaged or foreign checkpoint"):
     """The line with which --resume refuses `path` (main() reads it first of all)."""
     with pytest.raises(InputError, match=re.escape(message)) as refusal:
-        checkpoints.load_stopped_run(path)
+        checkpoints.read(path, checkpoints.LAST)
     return str(refusal.value)
 
 
@@ -1184,7 +1184,7 @@ def test_a_failed_write_replaces_none_of_its_files(tmp_path, monkeypatch):
     with an_out(tmp_path) as out, pytest.raises(InputError, match="cannot write it "
                                                 "\\(Permission denied; is it open in another"):
         out.write({"metrics.json": (b"new", "")})
-    assert sorted(os.listdir(tmp_path)) == ["loss.png", "metrics.json", outputs.LOCK]
+    assert sorted(os.listdir(tmp_path)) == ["loss.png", "metrics.json", "run.lock"]
     assert all((tmp_path / n).read_text() == "old" for n in ("loss.png", "metrics.json"))
 
 
@@ -1313,7 +1313,7 @@ def an_earlier_run(previous_run, tmp_path):
     """An --out that holds an earlier run's six files; returns it and their bytes."""
     out = tmp_path / "out"
     shutil.copytree(previous_run / "out", out)
-    return out, {p.name: p.read_bytes() for p in out.iterdir() if p.name != outputs.LOCK}
+    return out, {p.name: p.read_bytes() for p in out.iterdir() if p.name != "run.lock"}
 
 
 def stopped(capsys, out, previous_run, *flags):
@@ -1367,7 +1367,7 @@ def test_a_full_disk_at_the_pictures_replaces_none_of_the_results(capsys, previo
     assert code == 2 and "loss.png: cannot write it (No space left on device); this run " in line
     assert EARLIER in line
     assert {p.name: p.read_bytes() for p in out.iterdir()
-            if p.name not in ("last.safetensors", "model.safetensors", outputs.LOCK)} == {
+            if p.name not in ("last.safetensors", "model.safetensors", "run.lock")} == {
         n: b for n, b in before.items() if n not in ("last.safetensors", "model.safetensors")}
 
 
@@ -1432,7 +1432,7 @@ def test_ctrl_c_before_any_file_is_replaced_says_so(capsys, previous_run, tmp_pa
     assert code == 130
     assert line == f"interrupted: {out} is as it was" if existed else (
         line == "interrupted: nothing was written")
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != outputs.LOCK} == before
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "run.lock"} == before
 
 
 @posix_only("signals")
@@ -1465,7 +1465,7 @@ def test_a_stop_signal_inside_a_save_is_one_line_and_leaves_no_temporary_file(
     assert exit_code == code
     assert line.startswith("interrupted: this run wrote last.safetensors (epoch 1), "
                            f"model.safetensors (epoch 1's model) in {out}; go on with: ")
-    assert sorted(os.listdir(out)) == ["last.safetensors", "model.safetensors", outputs.LOCK]
+    assert sorted(os.listdir(out)) == ["last.safetensors", "model.safetensors", "run.lock"]
     assert read_checkpoint(out / "last.safetensors")[1]["epoch"] == 1
 
 
@@ -1761,7 +1761,7 @@ def test_a_check_only_rank_0_makes_stops_every_rank(tmp_path):
     """An --out another run holds: rank 0, which alone writes, meets it, and every rank stops
     with it (rank 1 silently), none waiting for the others, none with a traceback."""
     (tmp_path / "busy").mkdir()
-    with filelock.FileLock(tmp_path / "busy" / outputs.LOCK):  # another run holds it
+    with filelock.FileLock(tmp_path / "busy" / "run.lock"):  # another run holds it
         torch.multiprocessing.spawn(check_busy_out, nprocs=2, args=(
             str(tmp_path / "init"), str(tmp_path / "busy"), str(tmp_path / "met")))
     assert "another run is writing there" in (tmp_path / "met0").read_text()

@@ -5,7 +5,6 @@ bounds), plain values one JSON document in its header, checked against the schem
 the model will see them. No text from a file reaches a message whole."""
 
 import argparse
-import contextlib
 import hashlib
 import json
 import math
@@ -40,8 +39,7 @@ class Damaged(Exception):
 
 # --- Writing: tensors and a JSON document, as the bytes of one safetensors file ---
 def epoch_files(run, model, optimizer, stats, with_model) -> dict:
-    """{name: (bytes, what it holds)} for Out.write: last.safetensors (weights, best model,
-    optimizer, random generator, the run's values) and, with_model, model.safetensors."""
+    """last.safetensors (the whole run) and, with_model, model.safetensors, for Out.write."""
     tensors = {**prefixed("model.", model.state_dict()), **prefixed("best.", run["best"]),
                "rng": torch.get_rng_state()}
     for i, state in optimizer.state_dict()["state"].items():  # tensors, in torch's optimizers
@@ -57,8 +55,7 @@ def epoch_files(run, model, optimizer, stats, with_model) -> dict:
 
 
 def as_bytes(tensors, stats, document) -> bytes:
-    """One safetensors file: `tensors` and the scaling's; in its header, as JSON, `document`,
-    the scaling's plain values and the format."""
+    """One safetensors file: `tensors`, the scaling, and as JSON in its header `document`."""
     tensors = {**tensors, "scaling.mean": stats.mean, "scaling.std": stats.std}
     cpu = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
     scaling = {k: getattr(stats, k) for k in MODEL if k != "format"}
@@ -73,31 +70,19 @@ def prefixed(prefix, state_dict):
 # --- Reading: every value checked before it is used ---
 def load_model(path, device="cpu") -> tuple[ml.MLP, Scaling]:
     """The model of a model.safetensors (or a last.safetensors) on `device`, and its scaling."""
-    tensors, document = read(path, MODEL)
-    with refusing_damage(path), torch.device("meta"):  # shapes only: no memory, until checked
-        stats = checked_scaling(tensors, document)
-        weights = checked_weights(tensors, "model.", ml.MLP(len(stats.mean)), path)
-    model = ml.MLP(len(stats.mean))
-    model.load_state_dict(weights)
-    return model.to(device), stats
+    saved = read(path, MODEL)
+    model = ml.MLP(len(saved["stats"].mean))
+    model.load_state_dict(saved["model"])
+    return model.to(device), saved["stats"]
 
 
-@contextlib.contextmanager
-def refusing_damage(path):
-    try:
-        yield
-    except Damaged as e:
-        raise InputError(f"{path}: a damaged or foreign checkpoint ({e}){ANOTHER_RUN}") from None
-
-
-def read(path, schema) -> tuple[dict, dict]:
-    """A checkpoint's tensors (CPU) and its JSON document, checked against `schema` (LAST's,
-    where a model file holds LAST's names); any fault, one InputError."""
+def read(path, schema) -> dict:  # schema=LAST: a stopped run, all a resume needs
+    """A checkpoint's scaling and weights (and, schema=LAST, its run), checked; or InputError."""
     try:
         with open(path, "rb") as f:
             if f.read(4) == b"PK\x03\x04":  # a zip archive: torch.save's .pt, which runs code
                 raise InputError(f"{path}: a checkpoint of an earlier version (torch.save): unread")
-        with refusing_damage(path), safetensors.safe_open(path, "pt") as f:
+        with safetensors.safe_open(path, "pt") as f:
             text = (f.metadata() or {}).get(HEADER_KEY)
             if text is None:
                 raise InputError(f"{path}: not a minitorch_run checkpoint")
@@ -112,11 +97,17 @@ def read(path, schema) -> tuple[dict, dict]:
             if document["format"] != FORMAT:
                 raise Damaged("its format")
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (no dict)
+        stats = checked_scaling(tensors, document)
+        with torch.device("meta"):  # its shapes only: no memory for what a file claims
+            model = ml.MLP(len(stats.mean))
+        saved = {"stats": stats, "model": checked_weights(tensors, "model.", model, path)}
+        return saved | (checked_run(tensors, document, model, path) if schema is LAST else {})
+    except Damaged as e:
+        raise InputError(f"{path}: a damaged or foreign checkpoint ({e}){ANOTHER_RUN}") from None
     except OSError as e:  # missing, a directory, not readable
         raise InputError(f"{path}: {e.strerror or e}") from None
     except safetensors.SafetensorError:
         raise InputError(f"{path}: not a checkpoint (truncated, or not safetensors)") from None
-    return tensors, document
 
 
 def check_json(value, schema, where):
@@ -138,13 +129,10 @@ def check_json(value, schema, where):
         raise Damaged(where)
 
 
-def plain(value) -> bool:  # a number, a flag, None, a word, a few numbers (Adam's betas)
-    if type(value) is list:
-        return len(value) <= 8 and all(type(v) in (int, float) and plain(v) for v in value)
-    if type(value) is str:
-        return len(value) <= 40
-    return value is None or type(value) in (bool, int) or (
-        type(value) is float and math.isfinite(value))
+def plain(value) -> bool:  # None, a flag, a number, a word, or up to 8 of them (Adam's betas)
+    values = value if type(value) is list and len(value) <= 8 else [value]
+    return all(v is None or type(v) in (bool, int, str) or type(v) is float and math.isfinite(v)
+               for v in values)
 
 
 def checked_scaling(tensors, document) -> Scaling:
@@ -161,8 +149,7 @@ def checked_scaling(tensors, document) -> Scaling:
 
 
 def checked_weights(tensors, prefix, model, path) -> dict:
-    """The `prefix` tensors as `model`'s state_dict: its names and shapes (else a line that says
-    how the two networks differ), finite once cast to its dtype."""
+    """The `prefix` tensors as `model`'s state_dict: its names and shapes, finite in its dtype."""
     built = model.state_dict()
     saved = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
     if not saved:
@@ -185,14 +172,8 @@ def layer_sizes(state_dict) -> str:
 
 
 # --- Resume: last.safetensors holds the whole run, so a stopped run continues bit for bit ---
-def load_stopped_run(path) -> dict:
-    """The stopped run saved in `path`, a last.safetensors, checked in full."""
-    tensors, document = read(path, LAST)
-    with refusing_damage(path):
-        return checked_run(tensors, document, path)
-
-
-def checked_run(tensors, document, path) -> dict:
+def checked_run(tensors, document, model, path) -> dict:
+    """The run's values, its best model, random generator and optimizer (`model` gives shapes)."""
     for name, value in document["settings"].items():
         try:
             SETTINGS[name](repr(value))
@@ -213,23 +194,18 @@ def checked_run(tensors, document, path) -> dict:
     others = {k for k in tensors if not k.startswith(("model.", "best.", "optimizer."))}
     if not others <= {"rng", "scaling.mean", "scaling.std"}:  # the rest, checked_weights'
         raise Damaged("its tensors' names")
-    stats = checked_scaling(tensors, document)
-    with torch.device("meta"):  # its shapes only: no memory for what a file claims
-        model = ml.MLP(len(stats.mean))
-    return {**{k: document[k] for k in RUN}, "stats": stats, "rng": rng,
-            "model": checked_weights(tensors, "model.", model, path),
+    return {**{k: document[k] for k in RUN}, "rng": rng,
             "best": checked_weights(tensors, "best.", model, path),
             "optimizer": checked_optimizer(tensors, document, model, path)}
 
 
-# Param-group keys that say how a torch release computes a step, not which step; not compared,
-# so another release's checkpoint resumes (load_state_dict fills in those it lacks).
+# Param-group keys that say how a torch release computes a step, not which step: not compared
+# (today's are taken), so another release's checkpoint resumes.
 HOW_NOT_WHAT = {"params", "foreach", "fused", "differentiable", "capturable", "lr"}
 
 
 def checked_optimizer(tensors, document, model, path) -> dict:
-    """The optimizer's state_dict, rebuilt from the file: make_optimizer's class and update
-    settings (momentum, betas, ...; --lr may change the lr), tensors that fit the parameters."""
+    """The optimizer's state_dict: make_optimizer's class and settings, tensors that fit."""
     built = ml.make_optimizer(model, document["settings"]["lr"])
     saved_class, built_class = document["optimizer_class"], type(built).__name__
     if saved_class != built_class:
@@ -240,11 +216,9 @@ def checked_optimizer(tensors, document, model, path) -> dict:
         raise Damaged("optimizer_groups")
     for now, saved in zip(groups, document["optimizer_groups"], strict=True):
         for k, v in saved.items():  # JSON holds a tuple (Adam's betas) as a list
-            v = tuple(v) if isinstance(now.get(k), tuple) else v
+            v = tuple(v) if type(v) is list and type(now.get(k)) is tuple else v
             if k in now and k not in HOW_NOT_WHAT and v != now[k]:
                 changed.append(f"{k}={shown(str(v))} (now {now[k]})")
-            if k != "params":  # a key the file lacks keeps today's value
-                now[k] = v
     if changed:
         raise InputError(f"{path}: the stopped run's {built_class} had {', '.join(changed)}"
                          f"{ANOTHER_RUN}")

@@ -1,5 +1,4 @@
-"""CSVs: a file read as numbers, or one line that says where it breaks; TableDataset, the
-lesson's CsvDataset for real files."""
+"""CSVs: a file read as numbers, or one line that says where it breaks; and TableDataset."""
 
 import csv
 import io
@@ -13,10 +12,11 @@ import minitorch_loop as ml
 from minitorch_tool.errors import InputError, quoted, shown
 from minitorch_tool.scaling import FLOAT32_MAX, Scaling
 
+LONGEST_HEADER = 1 << 20  # characters: a first line longer than this names no columns
+
 
 def feature_columns(path, header, stats) -> int:
-    """How many of `header` are features: all but the last of a training file (stats=None);
-    else the training file's, by name and in order, with a target after them or not."""
+    """All but the last of a training file's columns; else the training file's, by name."""
     names = stats and stats.feature_names  # None for a Scaling made by hand
     n_features = len(header) - 1 if stats is None else len(names or stats.mean)
     if n_features < 1:
@@ -32,8 +32,7 @@ def feature_columns(path, header, stats) -> int:
 
 
 def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
-    """A CSV with a header row -> (column names, (N, C) float64 numbers that fit float32, an id
-    column's cells as text or None), read once: a pipe (--train <(...)) cannot be read twice."""
+    """(column names, (N, C) float64 that fits float32, ids or None), read once (a pipe)."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as file:  # utf-8-sig: drop a BOM
             first_line = file.readline(LONGEST_HEADER)  # not all of it: /dev/zero never ends
@@ -51,14 +50,13 @@ def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
                 raise InputError(f"{path}: {first_bad_cell(f, header, first)}")
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: {not_utf8(e.object)}") from None
+    except UnicodeDecodeError as e:  # UTF-16 begins with a byte order mark; binary data has NULs
+        why = ("UTF-16 text" if e.object[:2] in (b"\xff\xfe", b"\xfe\xff") else
+               "not a text file" if b"\x00" in e.object else "not UTF-8 text (Latin-1?)")
+        raise InputError(f"{path}: {why}; save it as UTF-8 (a spreadsheet's CSV UTF-8)") from None
     except csv.Error as e:  # NUL bytes, a cell of over 131072 characters
         raise InputError(f"{path}: not a table of numbers ({e})") from None
     return header[first:], table[:, first:], ids
-
-
-LONGEST_HEADER = 1 << 20  # characters: a first line longer than this names no columns
 
 
 def column_names(path, line) -> list[str]:
@@ -81,17 +79,8 @@ def column_names(path, line) -> list[str]:
     return header
 
 
-def not_utf8(raw) -> str:  # why bytes that start with `raw` do not read as UTF-8
-    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # the byte order marks of UTF-16
-        return "UTF-16 text; save it as UTF-8 (a spreadsheet's \"CSV UTF-8\")"
-    if b"\x00" in raw:
-        return "not a text file (binary data?)"
-    return "not UTF-8 text (Latin-1, or another encoding?); save it as UTF-8"
-
-
 def numbers_after_the_header(f, ids) -> np.ndarray | None:
-    """The rest of `f` as an (N, C) table (numpy's parser, in C), or None if it is not one; a
-    list `ids` takes column 0's cells as written, in the same pass (they are read as 0)."""
+    """The rest of `f` as an (N, C) table, or None; a list `ids` takes column 0 as written."""
     keep = None if ids is None else {0: lambda cell: ids.append(cell) or 0.0}
     try:
         with warnings.catch_warnings(action="ignore"):  # numpy warns on a header-only file
@@ -109,8 +98,7 @@ def size(text) -> float:  # abs(the number in `text`), or NaN: not a number
 
 
 def first_bad_cell(f, header, first) -> str:
-    """Where the table in `f` breaks: a row of the wrong width, or a cell (from column `first`
-    on) that is not a finite number, or too large for float32."""
+    """Where the table breaks: a row's width, or a cell that is no finite float32."""
     f.seek(0)
     reader = csv.reader(f)
     next(reader)
@@ -127,10 +115,8 @@ def first_bad_cell(f, header, first) -> str:
 
 
 class TableDataset(ml.CsvDataset):
-    """A checked CSV as the lesson's CsvDataset. A training file (stats=None) holds out
-    valid_ratio of its rows (the lesson's split_rows); every file is scaled with the training
-    rows' Scaling. A test file's last column is its target only by the training target's name.
-    __getitem__ also takes a tensor of row indices: speed.py's loader asks for B rows at once."""
+    """A checked CSV as the lesson's CsvDataset, scaled by the training rows' Scaling; a test
+    file's last column is its target only by the training target's name."""
 
     def __init__(self, path, stats=None, valid_ratio=0.0, seed=0):
         header, table, ids = read_csv(path)  # numbers, checked; the ids apart

@@ -3,28 +3,23 @@ exits with 2, a torch failure (out of memory, a torchrun peer gone) with 1, a st
 128 + its number. The first line wins. No torch here: a Ctrl-C while torch loads is caught."""
 
 import contextlib
-import io
 import os
 import signal
 import sys
 import threading
 
 # Ctrl-C, kill (docker stop, timeout, a scheduler's limit), a closed terminal; Windows: no HUP
-STOP_SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
-                if hasattr(signal, name)]
+STOP_SIGNALS = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)]
+phase = "starting"  # while torch loads; then "running" in a run; "ended" once its line is out
+held_signals = None  # while a group of files is renamed: the stop signals that wait for it
 
 
 class InputError(Exception):
     """A bad file or flag: the run prints the message as one line and exits with code 2."""
 
 
-phase = "starting"  # while torch loads; then "running" in a run; "ended" once its line is out
-held_signals = None  # while a group of files is renamed: the stop signals that wait for it
-
-
 def on_stop_signal(signum, frame):
-    """Starting: one line and exit. In a run: KeyboardInterrupt(signum), once no group of files
-    is being renamed. After the run's line: nothing."""
+    """Starting: one line and exit. Running: KeyboardInterrupt, or held. Ended: nothing."""
     global phase
     if phase == "starting":
         say("interrupted while starting: nothing was written")
@@ -51,17 +46,14 @@ def signals_held():
         on_stop_signal(waiting[0], None)
 
 
-def catch_stop_signals() -> dict:
-    """Stop signals to on_stop_signal, but those ignored from the start (nohup, trap '' HUP);
-    returns the handlers it replaces."""
+def catch_stop_signals() -> dict:  # but those ignored from the start (nohup, trap '' HUP)
     return {s: signal.signal(s, on_stop_signal) for s in STOP_SIGNALS
             if signal.getsignal(s) is not signal.SIG_IGN}
 
 
 @contextlib.contextmanager
 def one_line_errors(summary):
-    """Whatever stops the run is one line, `summary()` (what --out holds, or None) appended.
-    Yields an ExitStack for what the end undoes (the lock, the process group)."""
+    """Whatever stops the run is one line, with `summary()`; yields the run's ExitStack."""
     global phase
     ours = threading.current_thread() is threading.main_thread()  # only it has signals
     stdout, sys.stdout = sys.stdout, Console(sys.stdout)
@@ -93,8 +85,7 @@ def ending(error) -> tuple[int | None, str]:
         return 2, f"error: {error}"
     if isinstance(error, KeyboardInterrupt):  # 128 + the signal: 130 Ctrl-C, 143 kill, 129 hup
         return 128 + (error.args or [signal.SIGINT])[0], "interrupted"
-    if isinstance(error, MemoryError | torch.OutOfMemoryError) or (
-            "can't allocate memory" in str(error)):  # the CPU allocator's RuntimeError
+    if isinstance(error, MemoryError | torch.OutOfMemoryError) or "can't allocate" in str(error):
         return 1, f"error: out of memory ({first_line(error)}); try a smaller --batch-size"
     if isinstance(error, torch.distributed.DistError) or "/gloo/" in str(error):  # a peer gone
         return 1, f"error: a process of this torchrun job stopped ({first_line(error)})"
@@ -102,19 +93,12 @@ def ending(error) -> tuple[int | None, str]:
 
 
 def say(line):
-    """The line on stderr, from rank 0 only (every rank meets the same error), every character
-    that is not printable escaped (a file's text could hold a terminal's escape sequence)."""
-    if rank() == 0:
+    """The line on stderr, from rank 0 only, unprintable characters escaped (a file's text)."""
+    rank, world = (os.environ.get(name, "") for name in ("RANK", "WORLD_SIZE"))
+    torchrun = all(n.isascii() and n.isdigit() for n in (rank, world)) and int(rank) < int(world)
+    if not (torchrun and "TORCHELASTIC_RUN_ID" in os.environ and int(rank) > 0):  # by hand: 0
         Console(sys.stderr).write("".join(
             c if c.isprintable() else c.encode("unicode_escape").decode() for c in line) + "\n")
-
-
-def rank() -> int:
-    """The rank torchrun set (with TORCHELASTIC_RUN_ID, a RANK below WORLD_SIZE); else 0, so
-    that variables set by hand never hide an error."""
-    rank, world = (os.environ.get(name, "") for name in ("RANK", "WORLD_SIZE"))
-    valid = all(n.isascii() and n.isdigit() for n in (rank, world)) and int(rank) < int(world)
-    return int(rank) if valid and "TORCHELASTIC_RUN_ID" in os.environ else 0
 
 
 def shown(text, limit=40) -> str:  # a name from a file, cut short (say escapes it)
@@ -130,11 +114,11 @@ def first_line(error) -> str:
 
 
 class Console:
-    """A stream whose writes never stop the run: a character its encoding lacks (cp1252 and
-    結果) as its escape; once a pipe's reader leaves (| head -1), or the disk fills, devnull."""
+    """A stream whose writes never stop the run: an escape where its encoding lacks a
+    character (cp1252 and 結果); devnull once a pipe's reader leaves (| head -1)."""
 
     def __init__(self, stream):
-        self.stream = stream or io.StringIO()  # None: Python started with it closed (>&-)
+        self.stream = stream or open(os.devnull, "w")  # noqa: SIM115 (None: started with >&-)
 
     def write(self, text):
         try:

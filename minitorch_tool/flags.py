@@ -1,5 +1,4 @@
-"""Flags, each checked before anything is read or written. The defaults the lesson shares are
-the lesson's own, the data files too (found beside it, from any working directory)."""
+"""Flags, each checked before anything is read or written; the defaults are the lesson's."""
 
 import argparse
 import os
@@ -30,8 +29,7 @@ def bounded(kind, low, high):
     return parse
 
 
-# What a checkpoint keeps of the flags, each checked alike from a command line or a file. The
-# counts fit int64; seeds beyond 32 bits would alias in the random generators.
+# The flags a checkpoint keeps, checked alike from both; counts fit int64, seeds 32 bits.
 SETTINGS = {
     "seed": bounded(int, 0, 2**32 - 1),
     "valid_ratio": bounded(float, 0, 1),
@@ -40,7 +38,6 @@ SETTINGS = {
     "epochs": bounded(int, 1, 2**63 - 1),
     "patience": bounded(int, 1, 2**63 - 1),
 }
-FIXED_SETTINGS = ("seed", "valid_ratio")  # they pick the validation rows: a resume keeps them
 
 
 def parse_args(argv):
@@ -72,14 +69,13 @@ def parse_args(argv):
 
 
 def settings(args, stopped) -> dict:
-    """The flags', or the stopped run's, where a flag typed with another value takes effect with
-    a note; but --seed and --valid-ratio, which pick the validation rows, are refused."""
+    """The stopped run's settings, but those given as flags (noted; seed, valid_ratio refused)."""
     chosen = {name: getattr(args, name) for name in SETTINGS}
     for name, saved in (stopped or {}).get("settings", {}).items():
         value, flag = chosen[name], "--" + name.replace("_", "-")
         if name not in args.typed or value == saved:
             chosen[name] = saved
-        elif name in FIXED_SETTINGS:
+        elif name in ("seed", "valid_ratio"):  # they pick the validation rows: kept
             raise InputError(f"{flag} {value}: the stopped run in {args.resume} has {saved}, "
                              "which picks its validation rows; drop the flag, or use a new --out")
         else:

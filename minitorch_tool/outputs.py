@@ -1,5 +1,4 @@
-"""Outputs: a run's files in --out, one run at a time, each file whole, and the record of
-what this run wrote there: however the run ends, its line says what --out holds."""
+"""Outputs: a run's files in --out, each whole, one run at a time, and what it wrote there."""
 
 import contextlib
 import csv
@@ -17,13 +16,12 @@ from minitorch_tool.torchrun import mean_over_ranks, writes_files
 
 OUTPUTS = ("model.safetensors", "last.safetensors", "predictions.csv", "metrics.json",
            "loss.png", "predictions.png")
-LOCK = "run.lock"  # in --out while a run writes there
-NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)  # Windows: bytes
+# O_EXCL: never through a link planted there; O_BINARY: Windows writes the bytes as they are
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
 class Out:
-    """--out, locked for this run, and what the run wrote there: known, not guessed from a
-    time stamp. Under torchrun rank 0 alone writes; its check of --out decides for all."""
+    """--out, locked for this run, and what the run wrote there (rank 0 writes, for all)."""
 
     def __init__(self, path, cleanup, device):
         self.path, self.existed = path, os.path.isdir(path)
@@ -34,10 +32,8 @@ class Out:
             raise error or InputError("rank 0 could not prepare --out")  # only rank 0 prints
 
     def write(self, files):
-        """`files` ({name: (bytes, what it holds)}), all to new temporary files, then each renamed
-        over its name: a full disk replaces none, a crash leaves each old or new (os.replace is
-        atomic; fsync first, so a power cut cannot reorder the two). O_EXCL: never through a
-        link planted there; mode 0o666 less the umask, as open() gives."""
+        """{name: (bytes, what it holds)}, all to temporary files, then renamed: a full disk
+        replaces none, a crash leaves each old or new (os.replace is atomic; fsync first)."""
         if not writes_files():
             return
         temporary, path, renaming = {}, self.path, False
@@ -66,8 +62,7 @@ class Out:
                     os.remove(tmp)
 
     def summary(self, argv) -> str:
-        """What --out holds: as it was, or what this run wrote and what is an earlier run's; and
-        once this run wrote last.safetensors, the command that goes on with it."""
+        """What --out holds: this run's files, an earlier run's, and how to go on."""
         if not self.written:
             return f"{self.path} is as it was" if self.existed else "nothing was written"
         wrote = ", ".join(f"{n} ({holds})" if holds else n for n, holds in self.written.items())
@@ -80,8 +75,7 @@ class Out:
 
 
 def resume_command(argv, out) -> str:
-    """argv with --resume out/last.safetensors: the command that goes on with the run (or, if
-    a flag holds a character that the line would show escaped, what to add to it)."""
+    """The command that goes on with the run (or what to add to it, where it is unprintable)."""
     last = os.path.join(out, "last.safetensors")
     flags = [a for a, prev in zip(argv, [None, *argv], strict=False)
              if "--resume" not in (prev, a.split("=")[0])]  # drop an old --resume X
@@ -92,14 +86,13 @@ def resume_command(argv, out) -> str:
 
 
 def lock(path, cleanup) -> InputError | None:
-    """--out, made if need be, with no directory where an output goes, locked until the run
-    ends (filelock's, on every platform; run.lock stays); else why not: a second run there."""
+    """--out, made and locked (filelock's run.lock) until the run ends; or the error why not."""
     try:
         os.makedirs(path, exist_ok=True)
         for name in OUTPUTS:
             if os.path.isdir(os.path.join(path, name)):
                 return InputError(f"--out {path}: {name} is a directory, not a file")
-        cleanup.enter_context(filelock.FileLock(os.path.join(path, LOCK), timeout=0))
+        cleanup.enter_context(filelock.FileLock(os.path.join(path, "run.lock"), timeout=0))
     except filelock.Timeout:
         return InputError(f"--out {path}: another run is writing there; wait for it to end, "
                           "or choose another --out")
@@ -109,8 +102,7 @@ def lock(path, cleanup) -> InputError | None:
 
 
 def results(test_set, preds, run, train_targets) -> tuple[dict, str]:
-    """predictions.csv (ids and predictions) and metrics.json for Out.write, and the line: the
-    test MSE beside always predicting the mean training target. Target units, float64."""
+    """predictions.csv, metrics.json and the line: the test MSE beside predicting the mean."""
     stats, targets = test_set.stats, test_set.y
     preds, train_targets = stats.in_target_units(preds), stats.in_target_units(train_targets)
     table = io.StringIO()  # csv quotes what needs it: a target named "y, mm", a text id

@@ -13,8 +13,7 @@ from minitorch_tool.errors import InputError, first_line
 
 
 def pngs(history, best_epoch, stats, pairs) -> dict:
-    """loss.png and predictions.png (each (true, predicted) pair of scaled (N, 1) targets that
-    has its true values) as PNG bytes for Out.write: a picture that fails replaces no file."""
+    """loss.png and predictions.png for Out.write; (true, predicted) pairs of scaled targets."""
     points = [stats.in_target_units(t).squeeze(1).numpy()
               for true, pred in pairs if true is not None for t in (true, pred)]
     files = {}
@@ -33,9 +32,7 @@ def pngs(history, best_epoch, stats, pairs) -> dict:
 
 
 def loss_figure(history, best_epoch):
-    """The learning curve of `history` (metrics.json's), `best_epoch` marked. Both losses falling:
-    still learning; validation turning up as training falls: overfitting (the model kept is
-    the one at the bottom of the validation curve)."""
+    """The learning curve of `history` (metrics.json's), `best_epoch` marked."""
     epochs = [row["epoch"] for row in history]
     train, valid = ([row[key] for row in history] for key in ("train_loss", "valid_loss"))
     fig, ax = new_axes(figsize=(6, 4))
@@ -53,8 +50,7 @@ def loss_figure(history, best_epoch):
 
 
 def predictions_figure(valid_true, valid_pred, test_true=None, test_pred=None):
-    """Predicted against true values (vectors in target units), a point per row. A perfect model
-    puts every point on y = x; a cloud tilted or bent away from it is an error made alike."""
+    """Predicted against true values (in target units), a point per row; y = x is perfect."""
     fig, ax = new_axes(figsize=(5, 5))
     rows = {"validation": (valid_true, valid_pred), "test": (test_true, test_pred)}
     for name, (true, pred) in rows.items():
@@ -71,12 +67,11 @@ def predictions_figure(valid_true, valid_pred, test_true=None, test_pred=None):
 
 @contextlib.contextmanager
 def default_style():
-    """matplotlib (imported at the first picture: half a second) under its default style. As it
-    imports, MPLBACKEND is unset (an unknown one, as a notebook's inline backend is here, fails
-    the import) and its log quiet (an unwritable MPLCONFIGDIR is fine, but it warns)."""
+    """matplotlib, imported without MPLBACKEND (a notebook's may fail it) and quiet, in its
+    default style."""
     backend, log = os.environ.pop("MPLBACKEND", None), logging.getLogger("matplotlib")
     level = log.level
-    log.setLevel(logging.ERROR)
+    log.setLevel(logging.ERROR)  # it warns of an unwritable MPLCONFIGDIR, which is fine
     try:
         import matplotlib.style
     finally:
@@ -87,10 +82,8 @@ def default_style():
         yield
 
 
-def new_axes(figsize):  # a Figure with one Axes on the Agg canvas: no backend is asked
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+def new_axes(figsize):  # a Figure with one Axes; savefig draws on the Agg canvas, no backend
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize, dpi=100, layout="constrained")  # labels never cut off
-    FigureCanvasAgg(fig)
     return fig, fig.add_subplot()

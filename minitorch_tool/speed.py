@@ -1,5 +1,4 @@
-"""Speed: a batch is one slice of the dataset's tensors, not B calls to __getitem__; a progress
-bar on a terminal only."""
+"""Speed: a batch is one slice of the dataset's tensors, not B calls to __getitem__."""
 
 import sys
 
@@ -10,14 +9,12 @@ from tqdm import tqdm
 
 
 def make_loader(dataset, batch_size, shuffle, sampler=None) -> DataLoader:
-    """The lesson's DataLoader(dataset, batch_size, shuffle=...), but one __getitem__ call per
-    batch, with a tensor of its row indices (the notes' calls it once per row and stacks them:
-    make bench measures both). A `sampler` replaces the shuffling (torchrun). batch_size=None:
-    nothing to stack; collate_fn=tuple: nothing to convert."""
+    """The lesson's DataLoader, with one __getitem__ call per batch (a tensor of row indices),
+    not one per row; `sampler` replaces the shuffling (torchrun). make bench measures both."""
     if sampler is None:
         sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
     batches = TensorBatchSampler(sampler, batch_size, drop_last=False)
-    return DataLoader(dataset, batch_size=None, sampler=batches, collate_fn=tuple)
+    return DataLoader(dataset, batch_size=None, sampler=batches, collate_fn=tuple)  # as they are
 
 
 class TensorBatchSampler(BatchSampler):
@@ -29,8 +26,7 @@ class TensorBatchSampler(BatchSampler):
 
 
 def progress_bar(loader):
-    """On a terminal, a tqdm bar over the epoch's batches, shown after 2 s and cleared at its
-    end; elsewhere (a log, a pipe, CI, another rank) the loader itself, at no cost."""
+    """On a terminal, a tqdm bar over the epoch's batches; elsewhere, the loader itself."""
     if not sys.stdout.isatty():
         return loader
     return tqdm(loader, delay=2, leave=False, unit="batch", file=sys.stdout)

@@ -14,22 +14,24 @@ BY_HAND = "; run under torchrun, or unset LOCAL_RANK"  # what the environment se
 
 
 def join(device, cleanup) -> torch.device:
-    """Under torchrun (LOCAL_RANK set), join the process group until the run ends (`cleanup`):
-    nccl between GPUs (rank r takes GPU LOCAL_RANK), gloo between CPUs. Only rank 0 prints."""
+    """Under torchrun, the process group (nccl, GPU LOCAL_RANK; or gloo): only rank 0 prints."""
     if "LOCAL_RANK" not in os.environ:
         return device
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets both
         raise InputError(f"LOCAL_RANK is set, but this is no torchrun job{BY_HAND}")
-    local_rank, per_node, rank, world = (whole_number(name, default) for name, default in (
-        ("LOCAL_RANK", None), ("LOCAL_WORLD_SIZE", "1"), ("RANK", "0"), ("WORLD_SIZE", "1")))
+    defaults = {"LOCAL_RANK": "", "LOCAL_WORLD_SIZE": "1", "RANK": "0", "WORLD_SIZE": "1"}
+    env = {name: os.environ.get(name, default) for name, default in defaults.items()}
+    for name, value in env.items():
+        if not (value.isascii() and value.isdigit()):
+            raise InputError(f"{name}={quoted(value)}: torchrun sets it to a whole number{BY_HAND}")
+    local_rank, per_node, rank, world = map(int, env.values())
     if not (local_rank < per_node and rank < world):  # a group that could never form
         raise InputError(f"RANK={rank} of WORLD_SIZE={world}, LOCAL_RANK={local_rank} of "
                          f"LOCAL_WORLD_SIZE={per_node}: not what torchrun sets{BY_HAND}")
     gpus = torch.cuda.device_count()
     if device.type == "cuda" and per_node > gpus:  # every rank sees it: rank 0 says it
-        raise InputError(f"torchrun starts {per_node} processes on this machine, which has "
-                         f"{gpus} GPU(s), one per process: --nproc_per_node={gpus}, or "
-                         "--device cpu")
+        raise InputError(f"torchrun starts {per_node} processes here, one per GPU, and there "
+                         f"are {gpus} GPUs: --nproc_per_node={gpus}, or --device cpu")
     if device.type == "mps":  # torch.distributed's backends take CPU or CUDA tensors
         raise InputError("torchrun: Apple's MPS has no process-group backend; add --device cpu")
     if device.type == "cuda":
@@ -38,20 +40,11 @@ def join(device, cleanup) -> torch.device:
     try:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     except (ValueError, dist.DistError) as e:  # set by hand, a busy MASTER_PORT, ...
-        raise InputError(f"LOCAL_RANK is set, but no torchrun process group could be joined "
-                         f"({first_line(e)})") from None
+        raise InputError(f"no torchrun process group could be joined ({first_line(e)})") from None
     cleanup.callback(dist.destroy_process_group)
     if not writes_files():
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     return device
-
-
-def whole_number(name, default=None) -> int:  # a variable torchrun sets, as a number
-    value = os.environ.get(name, default)
-    if value is None or not (value.isascii() and value.isdigit()):
-        raise InputError(f"{name}={quoted(value or '')}: torchrun sets it to a whole "
-                         f"number{BY_HAND}")
-    return int(value)
 
 
 def writes_files() -> bool:  # a plain run, or rank 0: the one process that writes files
@@ -74,8 +67,7 @@ def ddp_wrapped(model) -> nn.Module:
 
 
 def mean_over_ranks(values, device) -> list[float]:
-    """Each number averaged over the ranks, so that all take the same decisions (a better model,
-    early stopping, a check only rank 0 makes). Every rank validates all rows alike."""
+    """Each number averaged over the ranks, so that all of them take the same decisions."""
     if not dist.is_initialized():
         return values
     total = torch.tensor(values, dtype=torch.float64, device=device)
