@@ -2,11 +2,9 @@
 
     python minitorch_run.py --train my_train.csv --test my_test.csv   # --help: every flag
 
-main() is the lesson's main() with what a real run adds; the network, loss, optimizer and
-loop steps are the lesson's own, so an edit there reaches this program too. minitorch_tool/
-holds one room per concern: flags, csvs, scaling, checkpoints (their format), outputs (the
-run's files), pictures, torchrun, speed (a loader of whole batches) and errors (one line).
-"""
+main() is the lesson's main() with what a real run adds; the network, loss, optimizer and loop
+steps are the lesson's own. minitorch_tool/ holds a room per concern: flags, csvs, scaling,
+checkpoints, outputs (the run's files), pictures, torchrun, speed and errors (one line)."""
 
 import sys
 
@@ -79,8 +77,7 @@ def main(argv=()):
 
 
 def fit(model, loaders, criterion, optimizer, device, stats, run, out, path):
-    """Train and validate until the last epoch, or `patience` epochs without a better model;
-    each epoch writes last.safetensors, and model.safetensors when the model is better."""
+    """Epochs until the last, or `patience` without a better model; each saved to --out."""
     train_loader, valid_loader = loaders
     net = torchrun.ddp_wrapped(model)  # under torchrun, steps in step with the other ranks
     epochs, patience = run["settings"]["epochs"], run["settings"]["patience"]

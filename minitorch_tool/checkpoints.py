@@ -1,8 +1,6 @@
-"""Checkpoints: model.safetensors (the best weights, their scaling) and last.safetensors (all a
-resume needs), written as bytes and read back checked in full. Nothing in them can be made a
-weapon: tensors are safetensors' (no pickle: no code, no shared references, sizes the file
-bounds), plain values one JSON document in its header, checked against the schemas below as
-the model will see them. No text from a file reaches a message whole."""
+"""Checkpoints: model.safetensors (the best model) and last.safetensors (all a resume needs),
+read back checked in full. Nothing in them can be a weapon: tensors are safetensors' (no
+pickle, no code), plain values one JSON document in its header, checked against schemas."""
 
 import argparse
 import hashlib
@@ -20,8 +18,7 @@ from minitorch_tool.scaling import Scaling
 FORMAT = "minitorch_run 1"  # what the JSON's "format" says; another value is refused
 HEADER_KEY = "minitorch_run"  # the entry of the safetensors header's metadata with the JSON
 
-# The JSON's schemas: a type (a float is finite, an int never a bool); [schema], a list;
-# {name: schema}, exactly these names; {str: schema}, any names; PLAIN, an optimizer's setting.
+# JSON schemas: a type (a finite float; an int, no bool), [schema], {name: schema}, {str: schema}
 PLAIN = "plain"
 MODEL = {"format": str, "target_low": float, "target_span": float, "target_name": str,
          "feature_names": [str]}
@@ -199,8 +196,7 @@ def checked_run(tensors, document, model, path) -> dict:
             "optimizer": checked_optimizer(tensors, document, model, path)}
 
 
-# Param-group keys that say how a torch release computes a step, not which step: not compared
-# (today's are taken), so another release's checkpoint resumes.
+# How a torch release computes a step, not which step: today's taken, so another's resumes
 HOW_NOT_WHAT = {"params", "foreach", "fused", "differentiable", "capturable", "lr"}
 
 

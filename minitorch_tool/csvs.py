@@ -37,17 +37,16 @@ def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
         with open(path, encoding="utf-8-sig", newline="") as file:  # utf-8-sig: drop a BOM
             first_line = file.readline(LONGEST_HEADER)  # not all of it: /dev/zero never ends
             header = column_names(path, first_line)
-            f = file
             if not file.seekable():  # a pipe: read once, into memory; newline="": \r ends a
-                f = io.StringIO(first_line + file.read(), newline="")  # line, as from a disk
-                f.seek(len(first_line))
+                file = io.StringIO(first_line + file.read(), newline="")  # line, as from a disk
+                file.seek(len(first_line))
             ids = [] if header[0].strip().lower() == "id" else None  # column 0's cells, as text
-            table, first = numbers_after_the_header(f, ids), int(ids is not None)
+            table, first = numbers_after_the_header(file, ids), int(ids is not None)
             if table is not None and len(table) == 0:
                 raise InputError(f"{path}: a header but no data rows")
             if table is None or table.shape[1] != len(header) or not (
                     np.abs(table[:, first:]) <= FLOAT32_MAX).all():  # NaN, inf, too large
-                raise InputError(f"{path}: {first_bad_cell(f, header, first)}")
+                raise InputError(f"{path}: {first_bad_cell(file, header, first)}")
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError as e:  # UTF-16 begins with a byte order mark; binary data has NULs
@@ -115,8 +114,7 @@ def first_bad_cell(f, header, first) -> str:
 
 
 class TableDataset(ml.CsvDataset):
-    """A checked CSV as the lesson's CsvDataset, scaled by the training rows' Scaling; a test
-    file's last column is its target only by the training target's name."""
+    """A checked CSV as the lesson's CsvDataset, scaled by the training rows' Scaling."""
 
     def __init__(self, path, stats=None, valid_ratio=0.0, seed=0):
         header, table, ids = read_csv(path)  # numbers, checked; the ids apart

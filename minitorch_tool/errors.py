@@ -1,6 +1,5 @@
-"""Errors: however a run ends early, one line on stderr and no traceback. A bad file or flag
-exits with 2, a torch failure (out of memory, a torchrun peer gone) with 1, a stop signal with
-128 + its number. The first line wins. No torch here: a Ctrl-C while torch loads is caught."""
+"""Errors: however a run ends early, one line on stderr (the first wins) and exit 2 for a bad
+file or flag, 1 for torch (no memory, a torchrun peer gone), 128 + N for signal N."""
 
 import contextlib
 import os
@@ -33,9 +32,8 @@ def on_stop_signal(signum, frame):
 
 @contextlib.contextmanager
 def signals_held():
-    """Stop signals wait until the block ends, then stop the run. A handler runs between two
-    bytecodes (in the main thread, whichever thread the signal hit), never inside os.replace:
-    a group of renames is done whole."""
+    """Stop signals wait for the block's end. A handler runs between two bytecodes of the main
+    thread, never inside os.replace: a group of renames is done whole."""
     global held_signals
     held_signals = []
     try:
@@ -80,7 +78,6 @@ def one_line_errors(summary):
 def ending(error) -> tuple[int | None, str]:
     """The exit code and the line for what stopped the run; no code for a bug of ours."""
     import torch  # loaded by now: imported here so that this room loads without it
-
     if isinstance(error, InputError):
         return 2, f"error: {error}"
     if isinstance(error, KeyboardInterrupt):  # 128 + the signal: 130 Ctrl-C, 143 kill, 129 hup
@@ -114,8 +111,7 @@ def first_line(error) -> str:
 
 
 class Console:
-    """A stream whose writes never stop the run: an escape where its encoding lacks a
-    character (cp1252 and 結果); devnull once a pipe's reader leaves (| head -1)."""
+    """A stream whose writes never stop the run (cp1252 and 結果, | head -1, a full disk)."""
 
     def __init__(self, stream):
         self.stream = stream or open(os.devnull, "w")  # noqa: SIM115 (None: started with >&-)
@@ -124,9 +120,8 @@ class Console:
         try:
             self.stream.write(text)
             self.stream.flush()  # now, while we can catch it, not at exit
-        except UnicodeEncodeError:
-            encoding = self.stream.encoding
-            self.write(text.encode(encoding, "backslashreplace").decode(encoding))
+        except UnicodeEncodeError:  # a character the encoding lacks, as its escape
+            self.write(text.encode(self.encoding, "backslashreplace").decode(self.encoding))
         except (OSError, ValueError):  # BrokenPipeError among them; ValueError: closed
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())

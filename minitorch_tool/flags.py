@@ -30,14 +30,10 @@ def bounded(kind, low, high):
 
 
 # The flags a checkpoint keeps, checked alike from both; counts fit int64, seeds 32 bits.
-SETTINGS = {
-    "seed": bounded(int, 0, 2**32 - 1),
-    "valid_ratio": bounded(float, 0, 1),
-    "lr": bounded(float, float(FLOAT32.tiny), float(FLOAT32.max)),  # > 0 in float32 too
-    "batch_size": bounded(int, 1, 2**63 - 1),
-    "epochs": bounded(int, 1, 2**63 - 1),
-    "patience": bounded(int, 1, 2**63 - 1),
-}
+COUNT = bounded(int, 1, 2**63 - 1)
+SETTINGS = {"seed": bounded(int, 0, 2**32 - 1), "valid_ratio": bounded(float, 0, 1),
+            "lr": bounded(float, float(FLOAT32.tiny), float(FLOAT32.max)),  # > 0 in float32 too
+            "batch_size": COUNT, "epochs": COUNT, "patience": COUNT}
 
 
 def parse_args(argv):
@@ -47,15 +43,14 @@ def parse_args(argv):
                    help="training CSV: a header row, features, the target last")
     p.add_argument("--test", default=os.path.join(ml.DATA, "test.csv"),
                    help="test CSV, with or without the target")
-    for name, default, text in (
+    for name, value, text in (
             ("epochs", LESSON.epochs, "epochs in all, resumed ones included"),
             ("batch_size", LESSON.batch_size, "rows per SGD step, as in the notes"),
             ("lr", LESSON.lr, "learning rate of the lesson's optimizer"),
             ("seed", LESSON.seed, "fixes the split, the initial weights and the batch order"),
             ("valid_ratio", 0.2, "share of the training CSV held out for validation"),
             ("patience", 3, "stop after this many epochs without a better validation loss")):
-        p.add_argument("--" + name.replace("_", "-"), type=SETTINGS[name], default=default,
-                       help=text)
+        p.add_argument(f"--{name.replace('_', '-')}", type=SETTINGS[name], default=value, help=text)
     p.add_argument("--device", type=ml.pick_device, default=LESSON.device,
                    help="auto, cpu, cuda, cuda:N or mps; auto takes a GPU when there is one")
     p.add_argument("--out", default="runs",

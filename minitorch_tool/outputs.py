@@ -32,8 +32,8 @@ class Out:
             raise error or InputError("rank 0 could not prepare --out")  # only rank 0 prints
 
     def write(self, files):
-        """{name: (bytes, what it holds)}, all to temporary files, then renamed: a full disk
-        replaces none, a crash leaves each old or new (os.replace is atomic; fsync first)."""
+        """{name: (bytes, what it holds)}, all to temporary files, then each renamed (atomic):
+        a full disk replaces none, a crash leaves each old or new (fsync first)."""
         if not writes_files():
             return
         temporary, path, renaming = {}, self.path, False
@@ -75,12 +75,12 @@ class Out:
 
 
 def resume_command(argv, out) -> str:
-    """The command that goes on with the run (or what to add to it, where it is unprintable)."""
+    """The command that goes on with the run, with the program as typed (main() in a notebook:
+    its name), or what to add to the command where the line would escape a character."""
     last = os.path.join(out, "last.safetensors")
     flags = [a for a, prev in zip(argv, [None, *argv], strict=False)
              if "--resume" not in (prev, a.split("=")[0])]  # drop an old --resume X
-    program = sys.argv[0] if os.path.basename(sys.argv[0]) == "minitorch_run.py" else (
-        "minitorch_run.py")  # as typed, from any folder; main() in a notebook: the file's name
+    program = sys.argv[0] if sys.argv[0].endswith("minitorch_run.py") else "minitorch_run.py"
     command = shlex.join(["python", program, *flags, "--resume", last])
     return command if command.isprintable() else f"your command, with --resume {last}"
 
@@ -94,11 +94,9 @@ def lock(path, cleanup) -> InputError | None:
                 return InputError(f"--out {path}: {name} is a directory, not a file")
         cleanup.enter_context(filelock.FileLock(os.path.join(path, "run.lock"), timeout=0))
     except filelock.Timeout:
-        return InputError(f"--out {path}: another run is writing there; wait for it to end, "
-                          "or choose another --out")
+        return InputError(f"--out {path}: another run is writing there; wait, or use another")
     except OSError as e:
         return InputError(f"--out {path}: cannot write there ({e.strerror})")
-    return None
 
 
 def results(test_set, preds, run, train_targets) -> tuple[dict, str]:

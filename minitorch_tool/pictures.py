@@ -1,6 +1,5 @@
-"""Pictures: loss.png and predictions.png, as matplotlib Figures on the Agg canvas, made
-without pyplot under matplotlib's default style: no window opens, and nothing of the user's
-(MPLBACKEND, a notebook's backend, a matplotlibrc with text.usetex) changes or breaks them."""
+"""Pictures: loss.png and predictions.png, drawn without pyplot in matplotlib's default style:
+no window opens, and no MPLBACKEND, notebook backend or matplotlibrc changes or breaks them."""
 
 import contextlib
 import io
@@ -67,8 +66,7 @@ def predictions_figure(valid_true, valid_pred, test_true=None, test_pred=None):
 
 @contextlib.contextmanager
 def default_style():
-    """matplotlib, imported without MPLBACKEND (a notebook's may fail it) and quiet, in its
-    default style."""
+    """matplotlib in its default style, imported quiet and without MPLBACKEND (it may fail)."""
     backend, log = os.environ.pop("MPLBACKEND", None), logging.getLogger("matplotlib")
     level = log.level
     log.setLevel(logging.ERROR)  # it warns of an unwritable MPLCONFIGDIR, which is fine

@@ -9,8 +9,7 @@ from tqdm import tqdm
 
 
 def make_loader(dataset, batch_size, shuffle, sampler=None) -> DataLoader:
-    """The lesson's DataLoader, with one __getitem__ call per batch (a tensor of row indices),
-    not one per row; `sampler` replaces the shuffling (torchrun). make bench measures both."""
+    """The lesson's DataLoader, with one __getitem__ call per batch (row indices), not per row."""
     if sampler is None:
         sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
     batches = TensorBatchSampler(sampler, batch_size, drop_last=False)

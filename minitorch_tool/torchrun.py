@@ -61,8 +61,7 @@ def reshuffle_shares(loader, epoch):
 
 
 def ddp_wrapped(model) -> nn.Module:
-    """The model in DistributedDataParallel, whose backward() averages the gradients over the
-    ranks: every rank takes the same step. It trains; the model inside is evaluated and saved."""
+    """In DDP, backward() averages the gradients over the ranks: all take the same step."""
     return nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
 
 
