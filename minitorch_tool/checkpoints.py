@@ -73,12 +73,13 @@ def load_model(path, device="cpu") -> tuple[ml.MLP, Scaling]:
     return model.to(device), saved["stats"]
 
 
-def read(path, schema) -> dict:  # schema=LAST: a stopped run, all a resume needs
+def read(path, schema) -> dict:
     """A checkpoint's scaling and weights (and, schema=LAST, its run), checked; or InputError."""
     try:
         with open(path, "rb") as f:
             if f.read(4) == b"PK\x03\x04":  # a zip archive: torch.save's .pt, which runs code
-                raise InputError(f"{path}: a checkpoint of an earlier version (torch.save): unread")
+                raise InputError(f"{path}: a checkpoint of an earlier version (torch.save), "
+                                 "never read: loading it could run code")
         with safetensors.safe_open(path, "pt") as f:
             text = (f.metadata() or {}).get(HEADER_KEY)
             if text is None:

@@ -36,7 +36,7 @@ class Out:
         a full disk replaces none, a crash leaves each old or new (fsync first)."""
         if not writes_files():
             return
-        temporary, path, renaming = {}, self.path, False
+        temporary, path, hint = {}, self.path, ""
         try:
             for name, (data, _) in files.items():
                 path = os.path.join(self.path, name)
@@ -45,7 +45,7 @@ class Out:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-            renaming = True
+            hint = "; is it open in another program?"  # Windows replaces no file held open
             with signals_held():  # a stop signal waits until the whole group is renamed
                 for name, (_, holds) in files.items():
                     path = os.path.join(self.path, name)
@@ -53,9 +53,8 @@ class Out:
                     del temporary[name]
                     self.written[name] = holds
         except OSError as e:  # a full disk; on Windows, a file another program holds open
-            held = "; is it open in another program?" if renaming and isinstance(
-                e, PermissionError) else ""
-            raise InputError(f"{path}: cannot write it ({e.strerror or e}{held})") from None
+            hint = hint if isinstance(e, PermissionError) else ""
+            raise InputError(f"{path}: cannot write it ({e.strerror or e}{hint})") from None
         finally:
             for tmp in temporary.values():
                 with contextlib.suppress(OSError):
@@ -94,7 +93,7 @@ def lock(path, cleanup) -> InputError | None:
                 return InputError(f"--out {path}: {name} is a directory, not a file")
         cleanup.enter_context(filelock.FileLock(os.path.join(path, "run.lock"), timeout=0))
     except filelock.Timeout:
-        return InputError(f"--out {path}: another run is writing there; wait, or use another")
+        return InputError(f"--out {path}: another run is writing there; wait, or use another --out")
     except OSError as e:
         return InputError(f"--out {path}: cannot write there ({e.strerror})")
 

@@ -30,8 +30,8 @@ def join(device, cleanup) -> torch.device:
                          f"LOCAL_WORLD_SIZE={per_node}: not what torchrun sets{BY_HAND}")
     gpus = torch.cuda.device_count()
     if device.type == "cuda" and per_node > gpus:  # every rank sees it: rank 0 says it
-        raise InputError(f"torchrun starts {per_node} processes here, one per GPU, and there "
-                         f"are {gpus} GPUs: --nproc_per_node={gpus}, or --device cpu")
+        raise InputError(f"torchrun starts {per_node} processes here, one per GPU; this machine "
+                         f"has {gpus}: --nproc_per_node={gpus}, or --device cpu")
     if device.type == "mps":  # torch.distributed's backends take CPU or CUDA tensors
         raise InputError("torchrun: Apple's MPS has no process-group backend; add --device cpu")
     if device.type == "cuda":
