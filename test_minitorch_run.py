@@ -1212,15 +1212,23 @@ def test_a_save_never_writes_through_a_planted_link_and_gets_the_umasks_mode(tmp
     assert (tmp_path / "out" / "metrics.json").stat().st_mode & 0o777 == 0o644
 
 
-@pytest.mark.parametrize("optimizer", ["the lesson's", "Adam"])
+def biases_apart(model, lr):
+    """SGD with momentum in two param groups, the biases' listed last: the state's order."""
+    groups = [[p for name, p in model.named_parameters() if name.endswith("bias") == bias]
+              for bias in (False, True)]
+    return torch.optim.SGD([{"params": groups[0]}, {"params": groups[1], "momentum": 0.5}],
+                           lr=lr, momentum=0.9)
+
+
+@pytest.mark.parametrize("optimizer", ["the lesson's", "Adam", "two groups"])
 def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, monkeypatch,
                                                                   optimizer):
     """Stop after 2 epochs, --resume to 4: the same weights, optimizer state, history and
-    predictions, to the bit, as 4 epochs in one go; with the lesson's optimizer, and with
-    Adam, whose state (steps, running averages) travels in last.safetensors. The optimizer
-    state is loaded once, into the optimizer that trains."""
-    if optimizer == "Adam":
-        monkeypatch.setattr(ml, "make_optimizer",
+    predictions, to the bit, as 4 epochs in one go; with the lesson's optimizer, with Adam,
+    whose state (steps, running averages) travels in last.safetensors, and with two param
+    groups. The optimizer state is loaded once, into the optimizer that trains."""
+    if optimizer != "the lesson's":
+        monkeypatch.setattr(ml, "make_optimizer", biases_apart if optimizer == "two groups" else
                             lambda model, lr: torch.optim.Adam(model.parameters(), lr=lr))
     loads, real = [], torch.optim.Optimizer.load_state_dict
     monkeypatch.setattr(torch.optim.Optimizer, "load_state_dict",

@@ -219,7 +219,8 @@ def checked_optimizer(tensors, document, model, path) -> dict:
     if changed:
         raise InputError(f"{path}: the stopped run's {built_class} had {', '.join(changed)}"
                          f"{ANOTHER_RUN}")
-    params, state = {str(i): p for i, p in enumerate(model.parameters())}, {}  # "²" is no "2"
+    params = enumerate(p for group in built.param_groups for p in group["params"])  # its order
+    params, state = {str(i): p for i, p in params}, {}  # "²" is a digit, but no "2"
     for name in (name for name in tensors if name.startswith("optimizer.")):
         index, _, key = name.removeprefix("optimizer.").partition(".")
         p = params.get(index) if key and tensors[name].is_floating_point() else None
