@@ -33,7 +33,7 @@ def main(argv=()):
     with errors.one_line_errors(lambda: out and out.summary(argv)) as cleanup:
         args = flags.parse_args(argv)
         device = torchrun.join(args.device, cleanup)  # under torchrun: GPU LOCAL_RANK
-        stopped = None if args.resume is None else checkpoints.read(args.resume, checkpoints.LAST)
+        stopped = None if args.resume is None else checkpoints.read(args.resume, resume=True)
         settings = flags.settings(args, stopped)  # the flags', or the stopped run's
         torch.manual_seed(settings["seed"])  # the initial weights and the batch order
         torch.set_num_threads(1)  # as the lesson: no slower here, and never slowed by load
@@ -42,7 +42,7 @@ def main(argv=()):
         train_set, valid_set = Subset(data, data.train_rows), Subset(data, data.valid_rows)
         test_set = TableDataset(args.test, stats=data.stats)  # read now: a bad file stops early
         sampler = torchrun.this_ranks_share(train_set, settings["seed"])  # None unless torchrun
-        loaders = (speed.make_loader(train_set, settings["batch_size"], True, sampler),
+        loaders = (speed.make_loader(train_set, settings["batch_size"], True, sampler),  # shuffled
                    speed.make_loader(valid_set, settings["batch_size"], shuffle=False))
         # Steps 2-4: the lesson's network, loss and optimizer
         model = ml.MLP(data.x.shape[1]).to(device)
@@ -82,7 +82,7 @@ def fit(model, loaders, criterion, optimizer, device, stats, run, out, path):
     net = torchrun.ddp_wrapped(model)  # under torchrun, steps in step with the other ranks
     epochs, patience = run["settings"]["epochs"], run["settings"]["patience"]
     if run["epoch"] - run["best_epoch"] >= patience:
-        print(f"it had stopped early, {patience} epochs after its best: see --patience")
+        print(f"no epoch to train: it had stopped early; a --patience above {patience} goes on")
         epochs = run["epoch"]
     if run["epoch"] >= epochs:  # a resume with no epoch to train: --out gets its files too
         out.write(checkpoints.epoch_files(run, model, optimizer, stats, with_model=True))
@@ -101,7 +101,7 @@ def fit(model, loaders, criterion, optimizer, device, stats, run, out, path):
                        best=copy.deepcopy(model.state_dict()))
         run["epoch"] = epoch
         out.write(checkpoints.epoch_files(run, model, optimizer, stats, with_model=(
-            improved or "model.safetensors" not in out.written)))
+            improved or "model.safetensors" not in out.written)))  # or a resume's first epoch
         print(f"epoch {epoch:3d} | train {losses[0]:.5g} | valid {losses[1]:.5g} | "
               f"{time.perf_counter() - start:.2f}s{' *' if improved else ''}")
         if epoch - run["best_epoch"] >= patience:
@@ -110,7 +110,7 @@ def fit(model, loaders, criterion, optimizer, device, stats, run, out, path):
 
 
 def check_finite(epoch, losses, model, valid_set, device, stats, run, path):
-    """An inf or NaN loss stops the run before the epoch saves: the validation row, or diverged."""
+    """An inf or NaN loss stops the run unsaved: the validation row it fails on, or diverged."""
     if all(map(math.isfinite, losses)):
         return
     if math.isfinite(losses[0]):

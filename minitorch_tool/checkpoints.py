@@ -18,8 +18,8 @@ from minitorch_tool.scaling import Scaling
 FORMAT = "minitorch_run 1"  # what the JSON's "format" says; another value is refused
 HEADER_KEY = "minitorch_run"  # the entry of the safetensors header's metadata with the JSON
 
-# JSON schemas: a type (a finite float; an int, no bool), [schema], {name: schema}, {str: schema}
-PLAIN = "plain"
+# JSON schemas: a type (float finite, int not bool), [each item's], {exact names}, {str: any name}
+PLAIN = "plain"  # an optimizer's setting: see plain()
 MODEL = {"format": str, "target_low": float, "target_span": float, "target_name": str,
          "feature_names": [str]}
 LAST = {**MODEL, "settings": {name: parse.kind for name, parse in SETTINGS.items()},
@@ -67,19 +67,19 @@ def prefixed(prefix, state_dict):
 # --- Reading: every value checked before it is used ---
 def load_model(path, device="cpu") -> tuple[ml.MLP, Scaling]:
     """The model of a model.safetensors (or a last.safetensors) on `device`, and its scaling."""
-    saved = read(path, MODEL)
+    saved = read(path)
     model = ml.MLP(len(saved["stats"].mean))
     model.load_state_dict(saved["model"])
     return model.to(device), saved["stats"]
 
 
-def read(path, schema) -> dict:
-    """A checkpoint's scaling and weights (and, schema=LAST, its run), checked; or InputError."""
+def read(path, resume=False) -> dict:
+    """A checkpoint's scaling and weights (and, to resume, its run), checked; or InputError."""
     try:
         with open(path, "rb") as f:
             if f.read(4) == b"PK\x03\x04":  # a zip archive: torch.save's .pt, which runs code
-                raise InputError(f"{path}: a checkpoint of an earlier version (torch.save), "
-                                 "never read: loading it could run code")
+                raise InputError(f"{path}: a torch.save file (an earlier version's, or the "
+                                 "lesson's model.pt), never loaded here: it could run code")
         with safetensors.safe_open(path, "pt") as f:
             text = (f.metadata() or {}).get(HEADER_KEY)
             if text is None:
@@ -89,9 +89,9 @@ def read(path, schema) -> dict:
             except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
                 raise Damaged("its JSON does not read") from None
             names = document.keys() if isinstance(document, dict) else ()
-            if schema is LAST and names == MODEL.keys():
+            if resume and names == MODEL.keys():
                 raise InputError(f"{path}: a model file; --resume takes a run's last.safetensors")
-            check_json(document, LAST if names == LAST.keys() else schema, "the document")
+            check_json(document, LAST if resume or names == LAST.keys() else MODEL, "the document")
             if document["format"] != FORMAT:
                 raise Damaged("its format")
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (no dict)
@@ -99,7 +99,7 @@ def read(path, schema) -> dict:
         with torch.device("meta"):  # its shapes only: no memory for what a file claims
             model = ml.MLP(len(stats.mean))
         saved = {"stats": stats, "model": checked_weights(tensors, "model.", model, path)}
-        return saved | (checked_run(tensors, document, model, path) if schema is LAST else {})
+        return saved | (checked_run(tensors, document, model, path) if resume else {})
     except Damaged as e:
         raise InputError(f"{path}: a damaged or foreign checkpoint ({e}){ANOTHER_RUN}") from None
     except OSError as e:  # missing, a directory, not readable
@@ -197,8 +197,8 @@ def checked_run(tensors, document, model, path) -> dict:
             "optimizer": checked_optimizer(tensors, document, model, path)}
 
 
-# How a torch release computes a step, not which step: today's taken, so another's resumes
-HOW_NOT_WHAT = {"params", "foreach", "fused", "differentiable", "capturable", "lr"}
+# How a release computes a step (today's taken: another release's file resumes), and the lr
+NOT_COMPARED = {"params", "foreach", "fused", "differentiable", "capturable", "lr"}
 
 
 def checked_optimizer(tensors, document, model, path) -> dict:
@@ -214,13 +214,13 @@ def checked_optimizer(tensors, document, model, path) -> dict:
     for now, saved in zip(groups, document["optimizer_groups"], strict=True):
         for k, v in saved.items():  # JSON holds a tuple (Adam's betas) as a list
             v = tuple(v) if type(v) is list and type(now.get(k)) is tuple else v
-            if k in now and k not in HOW_NOT_WHAT and v != now[k]:
+            if k in now and k not in NOT_COMPARED and v != now[k]:
                 changed.append(f"{k}={shown(str(v))} (now {now[k]})")
     if changed:
         raise InputError(f"{path}: the stopped run's {built_class} had {', '.join(changed)}"
                          f"{ANOTHER_RUN}")
     params = enumerate(p for group in built.param_groups for p in group["params"])  # its order
-    params, state = {str(i): p for i, p in params}, {}  # "²" is a digit, but no "2"
+    params, state = {str(i): p for i, p in params}, {}  # text keys: "²" is a digit, no index
     for name in (name for name in tensors if name.startswith("optimizer.")):
         index, _, key = name.removeprefix("optimizer.").partition(".")
         p = params.get(index) if key and tensors[name].is_floating_point() else None

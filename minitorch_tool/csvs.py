@@ -15,8 +15,8 @@ from minitorch_tool.scaling import FLOAT32_MAX, Scaling
 LONGEST_HEADER = 1 << 20  # characters: a first line longer than this names no columns
 
 
-def feature_columns(path, header, stats) -> int:
-    """All but the last of a training file's columns; else the training file's, by name."""
+def count_features(path, header, stats) -> int:
+    """A training file's columns but the last; another file's, the training file's, by name."""
     names = stats and stats.feature_names  # None for a Scaling made by hand
     n_features = len(header) - 1 if stats is None else len(names or stats.mean)
     if n_features < 1:
@@ -37,8 +37,8 @@ def read_csv(path) -> tuple[list[str], np.ndarray, list[str] | None]:
         with open(path, encoding="utf-8-sig", newline="") as file:  # utf-8-sig: drop a BOM
             first_line = file.readline(LONGEST_HEADER)  # not all of it: /dev/zero never ends
             header = column_names(path, first_line)
-            if not file.seekable():  # a pipe: read once, into memory; newline="": \r ends a
-                file = io.StringIO(first_line + file.read(), newline="")  # line, as from a disk
+            if not file.seekable():  # a pipe cannot seek: read it once, into memory
+                file = io.StringIO(first_line + file.read(), newline="")  # a lone \r ends a line
                 file.seek(len(first_line))
             ids = [] if header[0].strip().lower() == "id" else None  # column 0's cells, as text
             table, first = numbers_after_the_header(file, ids), int(ids is not None)
@@ -118,12 +118,12 @@ class TableDataset(ml.CsvDataset):
 
     def __init__(self, path, stats=None, valid_ratio=0.0, seed=0):
         header, table, ids = read_csv(path)  # numbers, checked; the ids apart
-        n_features = feature_columns(path, header, stats)
+        n_features = count_features(path, header, stats)
         rows = ml.split_rows(len(table), valid_ratio, seed)
         self.train_rows, self.valid_rows = rows["train"], rows["valid"]
         if stats is None and (len(self.train_rows) < 2 or valid_ratio and not len(self.valid_rows)):
-            raise InputError(f"{path}: {len(table)} rows are too few to validate on {valid_ratio:g}"
-                             " of them and train on at least 2")
+            raise InputError(f"{path}: {len(table)} rows are too few to hold out {valid_ratio:g} "
+                             "of them for validation and train on at least 2")
         self.unscored = None  # why a test file has no test MSE, or None
         if len(header) == n_features:
             self.unscored = "the test CSV has no target column"

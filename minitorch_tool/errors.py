@@ -64,8 +64,8 @@ def one_line_errors(summary):
                 phase = "ended" if ours else phase
     except (Exception, KeyboardInterrupt) as e:
         code, line = ending(e)
-        held = summary() or ("" if code in (1, 2) else "nothing was written")
-        say(f"{line}{': ' if code and code > 128 else '; '}{held}" if held else line)
+        outcome = summary() or ("" if code in (1, 2) else "nothing was written")  # in --out
+        say(f"{line}{': ' if code and code > 128 else '; '}{outcome}" if outcome else line)
         if code is None:  # a bug of ours: its traceback follows the line
             raise
         sys.exit(code)
@@ -92,8 +92,8 @@ def ending(error) -> tuple[int | None, str]:
 def say(line):
     """The line on stderr, from rank 0 only, unprintable characters escaped (a file's text)."""
     rank, world = (os.environ.get(name, "") for name in ("RANK", "WORLD_SIZE"))
-    torchrun = all(n.isascii() and n.isdigit() for n in (rank, world)) and int(rank) < int(world)
-    if not (torchrun and "TORCHELASTIC_RUN_ID" in os.environ and int(rank) > 0):  # by hand: 0
+    ranked = all(n.isascii() and n.isdigit() for n in (rank, world)) and int(rank) < int(world)
+    if not (ranked and "TORCHELASTIC_RUN_ID" in os.environ and int(rank) > 0):  # by hand: rank 0
         Console(sys.stderr).write("".join(
             c if c.isprintable() else c.encode("unicode_escape").decode() for c in line) + "\n")
 

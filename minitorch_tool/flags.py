@@ -51,7 +51,7 @@ def parse_args(argv):
             ("valid_ratio", 0.2, "share of the training CSV held out for validation"),
             ("patience", 3, "stop after this many epochs without a better validation loss")):
         p.add_argument(f"--{name.replace('_', '-')}", type=SETTINGS[name], default=value, help=text)
-    p.add_argument("--device", type=ml.pick_device, default=LESSON.device,
+    p.add_argument("--device", type=ml.pick_device, default="auto",
                    help="auto, cpu, cuda, cuda:N or mps; auto takes a GPU when there is one")
     p.add_argument("--out", default="runs",
                    help="directory for the checkpoints, predictions, metrics and pictures")

@@ -14,7 +14,7 @@ BY_HAND = "; run under torchrun, or unset LOCAL_RANK"  # what the environment se
 
 
 def join(device, cleanup) -> torch.device:
-    """Under torchrun, the process group (nccl, GPU LOCAL_RANK; or gloo): only rank 0 prints."""
+    """This process's device: under torchrun, GPU LOCAL_RANK, in the process group (nccl, gloo)."""
     if "LOCAL_RANK" not in os.environ:
         return device
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets both
