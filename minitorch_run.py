@@ -54,9 +54,10 @@ def main(argv=()):
             checkpoints.check_same_data(stopped, run["data"], data.x.shape[1], args)
             run.update({k: stopped[k] for k in run if k not in ("settings", "data")})
             model.load_state_dict(stopped["model"])
-            optimizer.load_state_dict(stopped["optimizer"])
-            for group in optimizer.param_groups:  # load_state_dict brought the old lr back
-                group["lr"] = settings["lr"]
+            lrs = [group["lr"] for group in optimizer.param_groups]  # make_optimizer's, of --lr
+            optimizer.load_state_dict(stopped["optimizer"])  # which brings the old lrs back
+            for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+                group["lr"] = lr
             torch.set_rng_state(stopped["rng"])  # the batch order of the epochs to come
             print(f"resuming {args.resume} after epoch {stopped['epoch']}")
         out = outputs.Out(args.out, cleanup, device)  # the last check: files are written next

@@ -751,13 +751,15 @@ def test_a_second_run_on_a_busy_out_is_refused(capsys, previous_run, tmp_path):
     assert "another run is writing there" in line and os.listdir(busy) == ["run.lock"]
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "run.lock"])
 def test_a_directory_where_an_output_goes_is_found_before_training(capsys, previous_run,
-                                                                     tmp_path):
-    """out/model.safetensors a directory: one line before the first epoch, nothing else written."""
-    (tmp_path / "o2" / "model.safetensors").mkdir(parents=True)
+                                                                     tmp_path, name):
+    """out/model.safetensors (or the lock) a directory: one line that names it, before the
+    first epoch, nothing else written."""
+    (tmp_path / "o2" / name).mkdir(parents=True)
     line = fails(capsys, previous_run, tmp_path, "--out", tmp_path / "o2")
-    assert "model.safetensors is a directory" in line
-    assert os.listdir(tmp_path / "o2") == ["model.safetensors"]
+    assert f"{name} is a directory" in line
+    assert os.listdir(tmp_path / "o2") == [name]
     assert "epoch" not in capsys.readouterr().out
 
 
@@ -1213,10 +1215,12 @@ def test_a_save_never_writes_through_a_planted_link_and_gets_the_umasks_mode(tmp
 
 
 def biases_apart(model, lr):
-    """SGD with momentum in two param groups, the biases' listed last: the state's order."""
+    """SGD with momentum in two param groups, the biases' listed last (the state's order) and
+    at half the lr (a resume keeps what make_optimizer makes of --lr)."""
     groups = [[p for name, p in model.named_parameters() if name.endswith("bias") == bias]
               for bias in (False, True)]
-    return torch.optim.SGD([{"params": groups[0]}, {"params": groups[1], "momentum": 0.5}],
+    return torch.optim.SGD([{"params": groups[0]},
+                            {"params": groups[1], "momentum": 0.5, "lr": lr / 2}],
                            lr=lr, momentum=0.9)
 
 
@@ -1826,7 +1830,7 @@ def test_a_busy_master_port_is_one_line(capsys, previous_run, tmp_path, monkeypa
         busy.listen()
         torchrun_environment(monkeypatch, busy.getsockname()[1])
         line = fails(capsys, previous_run, tmp_path, "--device", "cpu")
-    assert "no torchrun process group could be joined" in line and not dist.is_initialized()
+    assert "no process group could be joined" in line and not dist.is_initialized()
 
 
 def test_torchrun_on_apples_mps_is_one_line(monkeypatch):

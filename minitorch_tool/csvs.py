@@ -124,10 +124,8 @@ class TableDataset(ml.CsvDataset):
         if stats is None and (len(self.train_rows) < 2 or valid_ratio and not len(self.valid_rows)):
             raise InputError(f"{path}: {len(table)} rows are too few to hold out {valid_ratio:g} "
                              "of them for validation and train on at least 2")
-        self.unscored = None  # why a test file has no test MSE, or None
-        if len(header) == n_features:
-            self.unscored = "the test CSV has no target column"
-        elif stats and stats.feature_names and header[-1] != stats.target_name:
+        self.unscored = "the test CSV has no target column" if len(header) == n_features else None
+        if not self.unscored and stats and stats.feature_names and header[-1] != stats.target_name:
             self.unscored = (f"its last column, {quoted(header[-1])}, is not the target "
                              f"{quoted(stats.target_name)}")
         features = torch.from_numpy(table[:, :n_features])  # (N, F) float64

@@ -88,7 +88,7 @@ def lock(path, cleanup) -> InputError | None:
     """--out, made and locked (filelock's run.lock) until the run ends; or the error why not."""
     try:
         os.makedirs(path, exist_ok=True)
-        for name in OUTPUTS:
+        for name in (*OUTPUTS, "run.lock"):
             if os.path.isdir(os.path.join(path, name)):
                 return InputError(f"--out {path}: {name} is a directory, not a file")
         cleanup.enter_context(filelock.FileLock(os.path.join(path, "run.lock"), timeout=0))

@@ -40,7 +40,7 @@ def join(device, cleanup) -> torch.device:
     try:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     except (ValueError, dist.DistError) as e:  # set by hand, a busy MASTER_PORT, ...
-        raise InputError(f"no torchrun process group could be joined ({first_line(e)})") from None
+        raise InputError(f"no process group could be joined ({first_line(e)}){BY_HAND}") from None
     cleanup.callback(dist.destroy_process_group)
     if not writes_files():
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
