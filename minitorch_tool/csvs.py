@@ -138,8 +138,7 @@ class TableDataset(ml.CsvDataset):
         self.y = None if target is None else self.stats.scaled(target)  # (N, 1)
         self.ids = ids if ids is not None else range(len(table))  # as written, or 0 .. N-1
         for name, values in (("feature", self.x), ("target", self.y)):  # float32 overflows
-            bad = [] if values is None else (~torch.isfinite(values)).nonzero()
+            bad = [] if values is None else (~torch.isfinite(values)).nonzero() + 1  # 1-based
             if len(bad):  # a row far from the training rows (1e36 where their std is 0.001)
-                raise InputError(f"{path}: data row {int(bad[0, 0]) + 1}, {name} "
-                                 f"{int(bad[0, 1]) + 1}: too far from the training rows' "
-                                 "values; scaled, it overflows float32")
+                raise InputError(f"{path}: data row {int(bad[0, 0])}, {name} {int(bad[0, 1])}: "
+                                 "too far from the training rows' values; scaled, it overflows")

@@ -2,6 +2,7 @@
 file or flag, 1 for torch (no memory, a torchrun peer gone), 128 + N for signal N."""
 
 import contextlib
+import io
 import os
 import signal
 import sys
@@ -114,7 +115,7 @@ class Console:
     """A stream whose writes never stop the run (cp1252 and 結果, | head -1, a full disk)."""
 
     def __init__(self, stream):
-        self.stream = stream or open(os.devnull, "w")  # noqa: SIM115 (None: started with >&-)
+        self.stream = stream or io.StringIO()  # None: Python started with it closed (>&-)
 
     def write(self, text):
         try:
